@@ -1,0 +1,271 @@
+"""Reading checkpoint files: official fairseq ``.pt`` and our converted ``.safetensors``.
+
+This module knows file formats and key names; it builds no model. It tells a Kosmos-G
+checkpoint from the other files a user may pick by mistake (SD checkpoints, ``ViT-L-14-sd.pt``,
+GILL files, a stage-1 file) by their keys, never by their names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from .config import ALIGNER, CONNECTOR, TEXT, VISION
+from .errors import CheckpointError
+from .safe_pickle import damaged_file_message, restricted_torch_load
+
+CONVERTED_FORMAT = "kosmosg-core/1"
+TOKENIZER_PREFIX = "tokenizer."  # converted files may embed the tokenizer as uint8 tensors
+SPM_TENSOR = TOKENIZER_PREFIX + "sentencepiece_model"
+DICT_TENSOR = TOKENIZER_PREFIX + "dict_txt"
+
+KIND_FINAL = "final"  # MLLM + AlignerNet M (checkpoint_final.pt)
+KIND_STAGE2 = "stage2"  # MLLM + AlignerNet M and N (+ frozen CLIP text) (checkpoint_stage2.pt)
+KIND_STAGE1 = "stage1"  # MLLM only (checkpoint_stage1.pt)
+
+_DEAD_TEXT_KEYS = ("embed_positions._float_tensor", "self_attn_sope.scale")
+_VISION_RENAMES = (
+    ("class_embedding", "embeddings.class_embedding"),
+    ("positional_embedding", "embeddings.position_embedding.weight"),
+    ("conv1.", "embeddings.patch_embedding."),
+    ("ln_pre.", "pre_layrnorm."),
+    ("ln_post.", "post_layernorm."),
+    ("transformer.resblocks.", "encoder.layers."),
+)
+_VISION_LAYER_RENAMES = (
+    (".ts_attn.", ".self_attn."),
+    (".ln_1.", ".layer_norm1."),
+    (".ln_2.", ".layer_norm2."),
+    (".mlp.c_fc.", ".mlp.fc1."),
+    (".mlp.c_proj.", ".mlp.fc2."),
+)
+
+
+def module_key(official: str) -> str | None:
+    """Official key -> our module's parameter name (transformers Kosmos-2 naming for the MLLM).
+
+    ``None`` for keys the encoder does not use: dead buffers, the tied output projection, the
+    frozen CLIP text encoder of stage 2, and the SD U-Net/VAE copies of the final checkpoint.
+    """
+    if official.startswith(TEXT):
+        rest = official[len(TEXT) :]
+        if rest in _DEAD_TEXT_KEYS or rest.startswith("output_projection."):
+            return None
+        return "text_model.model." + rest
+    if official.startswith(VISION):
+        rest = official[len(VISION) :]
+        for old, new in _VISION_RENAMES:
+            if rest.startswith(old):
+                rest = new + rest[len(old) :]
+                break
+        for old, new in _VISION_LAYER_RENAMES:
+            rest = rest.replace(old, new)
+        return "vision_model.model." + rest
+    if official.startswith(CONNECTOR):
+        return "image_to_text_projection." + official[len(CONNECTOR) :]
+    if official.startswith(ALIGNER) and not official.startswith(ALIGNER + "clip_encoder."):
+        return official
+    return None
+
+
+def _wrong_family(keys: list[str]) -> str | None:
+    """A sentence naming what this file is, when it is something other than Kosmos-G."""
+
+    def has(prefix: str) -> bool:
+        return any(k.startswith(prefix) for k in keys)
+
+    if has("model.diffusion_model.") or has("first_stage_model.") or has("cond_stage_model."):
+        return (
+            "it is a Stable Diffusion checkpoint (U-Net/VAE/CLIP). Load it with ComfyUI's Load "
+            "Checkpoint; the Kosmos-G loader needs the Kosmos-G release file checkpoint_final.pt"
+        )
+    if has("down_blocks.") or has("encoder.down_blocks.") or has("conv_in."):
+        return "it is a diffusers U-Net or VAE, not Kosmos-G; use checkpoint_final.pt"
+    if has("model.gen_text_hidden_fcs.") or has("model.visual_embeddings.") or has("model.input_embeddings."):
+        return "it is a GILL checkpoint (pretrained_ckpt.pth.tar); load it with the GILL loader"
+    if has("text_model.model.") and has("image_to_text_projection."):
+        return "it is a Kosmos-2 model in transformers naming, not Kosmos-G; use checkpoint_final.pt"
+    if has("visual.") or (has("transformer.resblocks.") and has("token_embedding.")):
+        return (
+            "it is ViT-L-14-sd.pt, the CLIP ViT-L/14 the authors used to start training. Inference "
+            "does not need it (the vision tower is inside checkpoint_final.pt); use checkpoint_final.pt"
+        )
+    if has("text_model.embeddings.") or has("embeddings.token_embedding."):
+        return "it is a CLIP text encoder, not Kosmos-G; use checkpoint_final.pt"
+    return None
+
+
+def classify(keys: list[str], path: str) -> str:
+    """``final`` / ``stage2`` / ``stage1``, or a :class:`CheckpointError` naming what the file is."""
+    is_kosmos = any(k.startswith(TEXT) for k in keys) and any(k.startswith(VISION) for k in keys)
+    if not is_kosmos:
+        family = _wrong_family(keys)
+        prefixes = sorted({k.split(".")[0] for k in keys})[:8]
+        reason = family or f"its weights are named {', '.join(prefixes) or '(nothing)'}.*"
+        raise CheckpointError(
+            f"{path} is not a Kosmos-G checkpoint: {reason}. Expected the official Kosmos-G "
+            f"checkpoint_final.pt (keys {TEXT}*, {VISION}*, {CONNECTOR}*, {ALIGNER}*) or a file "
+            "converted from it with `python -m kosmosg_core convert`."
+        )
+    if not any(k.startswith(CONNECTOR) for k in keys):
+        raise CheckpointError(f"{path} has the MLLM but no image connector ({CONNECTOR}*); the file is incomplete.")
+    if ALIGNER + "encoder_query" not in keys:
+        return KIND_STAGE1
+    if ALIGNER + "decoder_query" in keys or any(k.startswith(ALIGNER + "clip_encoder.") for k in keys):
+        return KIND_STAGE2
+    return KIND_FINAL
+
+
+@dataclass
+class Checkpoint:
+    """An opened checkpoint: lazily readable tensors under their official names."""
+
+    path: str
+    format: str  # "fairseq-pt" | "safetensors"
+    kind: str
+    shapes: dict[str, tuple[int, ...]]
+    dtypes: dict[str, torch.dtype]
+    tokenizer_files: tuple[bytes, str] | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    _state: Mapping[str, torch.Tensor] | None = None
+    _safe: object | None = None
+
+    def tensor(self, key: str) -> torch.Tensor:
+        if self._safe is not None:
+            return self._safe.get_tensor(key)
+        return self._state[key]
+
+    def keys(self) -> list[str]:
+        return list(self.shapes)
+
+    def weight_bytes(self, keys: list[str] | None = None) -> int:
+        keys = self.keys() if keys is None else keys
+        return sum(
+            torch.Size(self.shapes[k]).numel() * _itemsize(self.dtypes[k]) for k in keys
+        )
+
+    def items(self, keys: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
+        for key in keys:
+            yield key, self.tensor(key)
+
+    def close(self) -> None:
+        self._state = None
+        self._safe = None
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def _state_dict_from_pickle(obj, path: str) -> Mapping[str, torch.Tensor]:
+    if isinstance(obj, Mapping):
+        if "model" in obj and isinstance(obj["model"], Mapping):
+            return obj["model"]  # fairseq: {"model": state_dict, "args", "cfg", ...}
+        if "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+            return obj["state_dict"]  # lightning / open_clip / GILL style
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj
+    raise CheckpointError(
+        f"{path} holds a {type(obj).__name__} without weights under 'model' or 'state_dict'; expected "
+        "the fairseq checkpoint dict of the Kosmos-G release (checkpoint_final.pt)."
+    )
+
+
+def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Open an official ``.pt`` or a ``.safetensors`` file without reading its weights yet."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+    if _looks_like_safetensors(path, head):
+        return _open_safetensors(path)
+    obj = restricted_torch_load(path)
+    state = _state_dict_from_pickle(obj, path)
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    kind = classify(list(tensors), path)
+    return Checkpoint(
+        path=path,
+        format="fairseq-pt",
+        kind=kind,
+        shapes={k: tuple(v.shape) for k, v in tensors.items()},
+        dtypes={k: v.dtype for k, v in tensors.items()},
+        _state=tensors,
+    )
+
+
+def _looks_like_safetensors(path: str, head: bytes) -> bool:
+    if path.endswith(".safetensors"):
+        return True
+    # 8-byte little-endian header length followed by '{'
+    return len(head) >= 9 and head[8:9] == b"{"
+
+
+def _open_safetensors(path: str) -> Checkpoint:
+    from safetensors import safe_open
+
+    try:
+        handle = safe_open(path, framework="pt", device="cpu")
+        keys = list(handle.keys())
+        slices = {k: handle.get_slice(k) for k in keys}
+        shapes = {k: tuple(s.get_shape()) for k, s in slices.items()}
+        dtypes = {k: _SAFETENSORS_DTYPES[s.get_dtype()] for k, s in slices.items()}
+        metadata = handle.metadata() or {}
+    except Exception as exc:  # safetensors raises its own SafetensorError for damaged headers
+        raise CheckpointError(damaged_file_message(path, exc)) from None
+    _check_safetensors_size(path, handle, keys, shapes, dtypes)
+    tokenizer = None
+    if SPM_TENSOR in shapes and DICT_TENSOR in shapes:
+        spm = handle.get_tensor(SPM_TENSOR).numpy().tobytes()
+        dict_txt = handle.get_tensor(DICT_TENSOR).numpy().tobytes().decode("utf-8")
+        tokenizer = (spm, dict_txt)
+    weights = [k for k in keys if not k.startswith(TOKENIZER_PREFIX)]
+    kind = classify(weights, path)
+    return Checkpoint(
+        path=path,
+        format="safetensors",
+        kind=kind,
+        shapes={k: shapes[k] for k in weights},
+        dtypes={k: dtypes[k] for k in weights},
+        tokenizer_files=tokenizer,
+        metadata=dict(metadata),
+        _safe=handle,
+    )
+
+
+def _check_safetensors_size(path, handle, keys, shapes, dtypes) -> None:
+    """safetensors maps lazily, so a truncated file would only fail mid-load; check up front."""
+    with open(path, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+    data_bytes = sum(torch.Size(shapes[k]).numel() * _itemsize(dtypes[k]) for k in keys)
+    actual = os.path.getsize(path)
+    if actual < 8 + header_len + data_bytes:
+        raise CheckpointError(
+            f"could not read checkpoint {path} ({actual:,} bytes): it is truncated (its header "
+            f"promises {8 + header_len + data_bytes:,} bytes). Download or copy it again."
+        )
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+TORCH_TO_SAFETENSORS = {v: k for k, v in _SAFETENSORS_DTYPES.items()}
+
+
+def describe(checkpoint: Checkpoint) -> str:
+    return json.dumps(
+        {"path": checkpoint.path, "format": checkpoint.format, "kind": checkpoint.kind, "tensors": len(checkpoint.shapes)}
+    )

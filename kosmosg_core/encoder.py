@@ -1,0 +1,209 @@
+"""Prompts and images in, SD 1.5 conditioning out.
+
+:class:`KosmosGEncoder` ties the tokenizer, the prompt layout, the pixel pipeline and the model
+together. It batches prompts of different lengths with right padding (the MLLM is causal, so
+real tokens never see the pads; AlignerNet masks ``tokens == <pad>``), runs every image of the
+batch through the vision tower at once, and computes the null embedding once per model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import PromptError
+from .image_processing import as_pil_images, preprocess_images
+from .modeling_kosmosg import KosmosGModel
+from .prompt import PromptLayout, build_layout, build_negative_tokens
+from .tokenizer import KosmosGTokenizer
+
+LayerCallback = Callable[[int, int], None]  # (layers done, layers total)
+
+
+@dataclass
+class EncodeOutput:
+    cond: torch.Tensor  # (B, 77, D)
+    uncond: torch.Tensor  # (B, 77, D)
+    intermediates: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class _Forward:
+    tokens: torch.Tensor
+    image_mask: torch.Tensor
+    pixel_values: torch.Tensor | None
+    image_embeds: torch.Tensor | None
+    mllm_hidden: torch.Tensor
+    aligned: torch.Tensor
+    lengths: list[int]
+
+
+class KosmosGEncoder:
+    def __init__(self, model: KosmosGModel, tokenizer: KosmosGTokenizer):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = model.config
+        self._null: tuple[torch.Tensor, torch.Tensor] | None = None  # (mllm_hidden, aligned) of [<s>]
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.text_model.model.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.text_model.model.embed_tokens.weight.dtype
+
+    def to(self, device: str | torch.device) -> "KosmosGEncoder":
+        self.model.to(device)
+        self._null = None
+        return self
+
+    # -- prompt side ---------------------------------------------------------------------------
+    def layout(self, prompt: str, num_images: int) -> PromptLayout:
+        layout = build_layout(self.tokenizer, prompt, num_images, self.config.latent_queries)
+        self._check_length(len(layout.tokens), f"{len(layout.image_order)} image(s)")
+        return layout
+
+    def negative_tokens(self, negative: str | None) -> list[int]:
+        tokens = build_negative_tokens(self.tokenizer, negative)
+        self._check_length(len(tokens), "negative prompt")
+        return tokens
+
+    def _check_length(self, length: int, what: str) -> None:
+        limit = self.config.max_tokens
+        if length > limit:
+            raise PromptError(
+                f"the prompt is {length} tokens long ({what}; each image takes "
+                f"{self.config.latent_queries + 2} tokens) but Kosmos-G takes at most {limit}. "
+                "Shorten the text or use fewer images."
+            )
+
+    # -- model side ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def _forward(self, sequences: Sequence[list[int]], masks: Sequence[list[int]], pixel_values) -> _Forward:
+        device, dtype = self.device, self.dtype
+        lengths = [len(s) for s in sequences]
+        width = max(lengths)
+        pad = self.tokenizer.pad_id
+        tokens = torch.full((len(sequences), width), pad, dtype=torch.long)
+        image_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for row, (seq, mask) in enumerate(zip(sequences, masks)):
+            tokens[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            image_mask[row, : len(mask)] = torch.tensor(mask, dtype=torch.long)
+        image_embeds = None
+        if pixel_values is not None and len(pixel_values):
+            image_embeds = self.model.encode_images(pixel_values.to(device=device, dtype=dtype))
+        hidden = self.model.mllm_hidden_states(tokens.to(device), image_embeds, image_mask.to(device))
+        padding = tokens.eq(pad).to(device) if min(lengths) < width else None
+        aligned = self.model.align(hidden, padding)
+        return _Forward(tokens, image_mask, pixel_values, image_embeds, hidden, aligned, lengths)
+
+    def null_embedding(self) -> torch.Tensor:
+        """``M(MLLM([<s>]))``, the official CFG null embedding; computed once per model."""
+        return self._null_forward()[1]
+
+    def _null_forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._null is None:
+            out = self._forward([[self.tokenizer.bos_id]], [[0]], None)
+            self._null = (out.mllm_hidden, out.aligned)
+        return self._null
+
+    @contextmanager
+    def layer_callback(self, callback: LayerCallback | None):
+        """Call ``callback(done, total)`` before every transformer layer (progress, interrupts)."""
+        if callback is None:
+            yield
+            return
+        layers = self.model.layers()
+        state = {"done": 0}
+
+        def hook(_module, _args):
+            callback(state["done"], len(layers))
+            state["done"] += 1
+
+        handles = [layer.register_forward_pre_hook(hook) for layer in layers]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def encode_batch(
+        self,
+        prompts: Sequence[str],
+        images: Sequence | None = None,
+        negatives: Sequence[str | None] | None = None,
+        intermediates: bool = False,
+        callback: LayerCallback | None = None,
+    ) -> EncodeOutput:
+        """Encode several prompts in one batch.
+
+        ``images[i]`` holds the images of ``prompts[i]`` (PIL images, paths, or [B,H,W,C]
+        tensors, where a batch counts as B images). ``negatives[i]`` is text or empty/None for
+        the null embedding. Returns ``cond`` and ``uncond`` shaped (len(prompts), 77, D).
+        """
+        images = list(images) if images is not None else [[] for _ in prompts]
+        negatives = list(negatives) if negatives is not None else [None] * len(prompts)
+        if not (len(prompts) == len(images) == len(negatives)):
+            raise PromptError(
+                f"got {len(prompts)} prompt(s), {len(images)} image list(s) and {len(negatives)} negative(s); "
+                "pass one of each per prompt."
+            )
+        pil_lists = [as_pil_images(item) for item in images]
+        layouts = [self.layout(p, len(pils)) for p, pils in zip(prompts, pil_lists)]
+        ordered = [pils[i] for layout, pils in zip(layouts, pil_lists) for i in layout.image_order]
+        pixels = preprocess_images(ordered, self.config.image_size) if ordered else None
+
+        neg_tokens = [self.negative_tokens(n) for n in negatives]
+        extra = [t for t in neg_tokens if len(t) > 1]  # text negatives ride in the same batch
+        sequences = [layout.tokens for layout in layouts] + extra
+        masks = [layout.image_mask for layout in layouts] + [[0] * len(t) for t in extra]
+        with self.layer_callback(callback):
+            out = self._forward(sequences, masks, pixels)
+            null_hidden, null_aligned = self._null_forward() if len(extra) < len(prompts) else (None, None)
+
+        count = len(prompts)
+        cond = out.aligned[:count]
+        uncond_rows, uncond_hidden, next_extra = [], [], count
+        for tokens in neg_tokens:
+            if len(tokens) > 1:
+                uncond_rows.append(out.aligned[next_extra])
+                uncond_hidden.append(out.mllm_hidden[next_extra, : len(tokens)])
+                next_extra += 1
+            else:
+                uncond_rows.append(null_aligned[0])
+                uncond_hidden.append(null_hidden[0])
+        result = EncodeOutput(cond=cond, uncond=torch.stack(uncond_rows))
+        if intermediates:
+            result.intermediates = self._intermediates(out, count, neg_tokens, uncond_hidden)
+        return result
+
+    def _intermediates(self, out: _Forward, count: int, neg_tokens, uncond_hidden) -> dict[str, torch.Tensor]:
+        """Per-prompt tensors named as in the official fixture (first prompt only when batched)."""
+        length = out.lengths[0]
+        result = {
+            "tokens": out.tokens[:1, :length],
+            "img_mask": out.image_mask[:1, :length],
+            "mllm_hidden": out.mllm_hidden[:1, :length],
+            "uncond_tokens": torch.tensor([neg_tokens[0]], dtype=torch.long),
+            "uncond_mllm_hidden": uncond_hidden[0].unsqueeze(0),
+        }
+        images_first = int(out.image_mask[0].sum()) // self.config.latent_queries
+        if out.pixel_values is not None and images_first:
+            result["pixel_values"] = out.pixel_values[:images_first]
+            result["image_embeds"] = out.image_embeds[:images_first]
+        return result
+
+    def encode(
+        self,
+        prompt: str,
+        images=None,
+        negative: str | None = None,
+        intermediates: bool = False,
+        callback: LayerCallback | None = None,
+    ) -> EncodeOutput:
+        """One prompt: ``cond`` and ``uncond`` shaped (1, 77, D)."""
+        return self.encode_batch([prompt], [images or []], [negative], intermediates, callback)

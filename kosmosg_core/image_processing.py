@@ -1,0 +1,137 @@
+"""Pixels exactly as the official Kosmos-G pipeline makes them.
+
+Official path (``AppModel._build_image_transform()['gpt']`` + ``kosmosg_preprocess``):
+
+1. the demo's gradio input decodes the file, applies the EXIF orientation and ``convert("RGB")``
+   (RGBA drops alpha with no compositing; L copies grey into R, G, B);
+2. torchvision ``Resize(S, BICUBIC)`` on the PIL image: shorter side -> S, longer side ->
+   ``int(S * long / short)`` (truncated), done by Pillow's 8-bit bicubic, horizontal pass first.
+   Pillow 13 may run the vertical pass first, so we resize in two calls (width, then height),
+   which is exact under every Pillow;
+3. torchvision ``CenterCrop(S)``: offsets ``round((h' - S) / 2)`` with round-half-to-even;
+4. float64 ``/255``, minus CLIP mean, divided by CLIP std; the stacked batch is cast to float16.
+
+ComfyUI ``IMAGE`` tensors ([B,H,W,C] float in 0..1, as ``LoadImage`` stores k/255) map back to
+8-bit pixels by ``round(x * 255)`` clamped to 0..255, which recovers the file's bytes exactly.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+_MODE_FOR_CHANNELS = {1: "L", 3: "RGB", 4: "RGBA"}
+
+
+def load_image_file(path: str | os.PathLike) -> Image.Image:
+    """Decode an image file the way the official demo received it (EXIF applied, RGB)."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return to_rgb(image)
+    except FileNotFoundError:
+        raise ImageError(f"image file not found: {path}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise ImageError(f"{path} is not a readable image file ({exc}).") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """EXIF orientation, then Pillow's ``convert("RGB")``: alpha dropped, grey replicated."""
+    image = ImageOps.exif_transpose(image)
+    if image.width == 0 or image.height == 0:
+        raise ImageError(f"image has no pixels ({image.width}x{image.height}).")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def array_to_pil(pixels: np.ndarray | torch.Tensor) -> Image.Image:
+    """One [H,W,C] image (float 0..1 or uint8, C in 1/3/4) to an RGB PIL image."""
+    if isinstance(pixels, torch.Tensor):
+        pixels = pixels.detach().cpu()
+        pixels = pixels.numpy() if pixels.dtype == torch.uint8 else pixels.double().numpy()
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    if pixels.ndim != 3 or pixels.shape[-1] not in _MODE_FOR_CHANNELS:
+        raise ImageError(
+            f"expected an image tensor shaped [H,W,C] or a batch [B,H,W,C] with C = 1, 3 or 4 "
+            f"(ComfyUI IMAGE layout), got shape {tuple(pixels.shape)}."
+        )
+    if pixels.dtype != np.uint8:
+        pixels = np.asarray(pixels, dtype=np.float64)
+        if not np.isfinite(pixels).all():
+            raise ImageError("image tensor contains NaN or infinite values.")
+        pixels = np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8)
+    channels = pixels.shape[-1]
+    image = Image.fromarray(pixels[:, :, 0] if channels == 1 else pixels, _MODE_FOR_CHANNELS[channels])
+    return to_rgb(image)
+
+
+def as_pil_images(images) -> list[Image.Image]:
+    """Flatten PIL images, file paths and [B,H,W,C] tensors (a batch counts as B images)."""
+    if images is None:
+        return []
+    if isinstance(images, (Image.Image, str, os.PathLike, torch.Tensor, np.ndarray)):
+        images = [images]
+    result = []
+    for item in images:
+        if isinstance(item, Image.Image):
+            result.append(to_rgb(item))
+        elif isinstance(item, (str, os.PathLike)):
+            result.append(load_image_file(item))
+        elif isinstance(item, (torch.Tensor, np.ndarray)):
+            if item.ndim == 4:
+                result.extend(array_to_pil(frame) for frame in item)
+            else:
+                result.append(array_to_pil(item))
+        else:
+            raise ImageError(f"unsupported image type {type(item).__name__}: pass PIL images, paths or tensors.")
+    return result
+
+
+def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """torchvision ``Resize(size)`` output for a PIL image: shorter side -> size, long side truncated."""
+    short, long = (width, height) if width <= height else (height, width)
+    if short == size:
+        return width, height
+    new_short, new_long = size, int(size * long / short)
+    return (new_short, new_long) if width <= height else (new_long, new_short)
+
+
+def resize_bicubic(image: Image.Image, size: int) -> Image.Image:
+    """Pillow 8-bit bicubic, horizontal pass then vertical pass, as Pillow 9.4-12 do it."""
+    new_w, new_h = resized_size(image.width, image.height, size)
+    if new_w != image.width:
+        image = image.resize((new_w, image.height), Image.BICUBIC)
+    if new_h != image.height:
+        image = image.resize((new_w, new_h), Image.BICUBIC)
+    return image
+
+
+def center_crop(image: Image.Image, size: int) -> Image.Image:
+    """torchvision ``CenterCrop``: offsets rounded half to even (Python ``round``)."""
+    left = int(round((image.width - size) / 2.0))
+    top = int(round((image.height - size) / 2.0))
+    return image.crop((left, top, left + size, top + size))
+
+
+def normalize(image: Image.Image) -> np.ndarray:
+    """float64 CHW: /255, minus CLIP mean, divided by CLIP std."""
+    pixels = np.asarray(image, dtype=np.float64).transpose(2, 0, 1) / 255.0
+    mean = np.asarray(CLIP_MEAN, dtype=np.float64)[:, None, None]
+    std = np.asarray(CLIP_STD, dtype=np.float64)[:, None, None]
+    return (pixels - mean) / std
+
+
+def preprocess_images(images, size: int) -> torch.Tensor:
+    """(N, 3, size, size) float16 pixel values, rounded exactly like the official pipeline."""
+    pil_images = as_pil_images(images)
+    if not pil_images:
+        return torch.zeros(0, 3, size, size, dtype=torch.float16)
+    arrays = [normalize(center_crop(resize_bicubic(img, size), size)) for img in pil_images]
+    return torch.from_numpy(np.stack(arrays)).to(torch.float16)

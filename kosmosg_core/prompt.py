@@ -1,0 +1,89 @@
+"""Interleaved prompts: placeholders -> the official token layout.
+
+``<i>`` is the official placeholder (the n-th ``<i>`` is the n-th image). ``<image1>``,
+``<image2>``, ... name images by number and may repeat one image. The two styles do not mix in
+one prompt, because "which image does this ``<i>`` mean" would then have two answers.
+
+Layout (``AppModel.kosmosg_preprocess``): ``<s>``, then for each placeholder the ids of the text
+before it, ``<image>``, Q slots (id of ``<image>`` as a placeholder), ``</image>``; then the
+trailing text. No ``</s>``. The slots are where the connector outputs go, in prompt order.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import PromptError
+from .tokenizer import KosmosGTokenizer
+
+_PLACEHOLDER = re.compile(r"<i>|<image(\d+)>")
+
+
+@dataclass(frozen=True)
+class PromptLayout:
+    tokens: list[int]
+    image_mask: list[int]  # 1 on the Q slots of each image
+    image_order: list[int]  # for each placeholder in prompt order, the index of the image it shows
+
+
+def split_prompt(prompt: str, num_images: int) -> tuple[list[str], list[int]]:
+    """Text segments around the placeholders, and which image each placeholder refers to."""
+    if not isinstance(prompt, str):
+        raise PromptError(f"prompt must be text, got {type(prompt).__name__}")
+    matches = list(_PLACEHOLDER.finditer(prompt))
+    numbered = [m for m in matches if m.group(1) is not None]
+    if numbered and len(numbered) != len(matches):
+        raise PromptError(
+            "the prompt mixes <i> with numbered placeholders (<image1>, <image2>, ...); use one style: "
+            "<i> takes the images in order, <imageN> names image N."
+        )
+    segments, order, start = [], [], 0
+    for match in matches:
+        segments.append(prompt[start : match.start()])
+        start = match.end()
+        order.append(int(match.group(1)) - 1 if match.group(1) is not None else len(order))
+    segments.append(prompt[start:])
+
+    if numbered:
+        bad = sorted({i + 1 for i in order if not 0 <= i < num_images})
+        if bad:
+            raise PromptError(
+                f"the prompt refers to image(s) {', '.join(f'<image{n}>' for n in bad)} but "
+                f"{num_images} image(s) were given (numbering starts at <image1>)."
+            )
+        unused = sorted(set(range(num_images)) - set(order))
+        if unused:
+            raise PromptError(
+                f"{num_images} image(s) were given but the prompt never uses "
+                f"{', '.join(f'<image{i + 1}>' for i in unused)}; reference every image or remove it."
+            )
+    elif len(order) != num_images:
+        raise PromptError(
+            f"the prompt has {len(order)} image placeholder(s) (<i>) but {num_images} image(s) were "
+            "given; put one <i> where each image belongs, in order."
+        )
+    return segments, order
+
+
+def build_layout(tokenizer: KosmosGTokenizer, prompt: str, num_images: int, slots: int) -> PromptLayout:
+    """Token ids and slot mask of an interleaved prompt, as the official demo builds them."""
+    segments, order = split_prompt(prompt, num_images)
+    tokens, mask = [tokenizer.bos_id], [0]
+    for text in segments[:-1]:
+        ids = tokenizer.encode(text)
+        tokens += ids + [tokenizer.boi_id] * (slots + 1) + [tokenizer.eoi_id]
+        mask += [0] * len(ids) + [0] + [1] * slots + [0]
+    ids = tokenizer.encode(segments[-1])
+    tokens += ids
+    mask += [0] * len(ids)
+    return PromptLayout(tokens, mask, order)
+
+
+def build_negative_tokens(tokenizer: KosmosGTokenizer, negative: str | None) -> list[int]:
+    """``[<s>] + ids(negative)``; an empty negative gives ``[<s>]``, the official null prompt."""
+    if negative is not None and not isinstance(negative, str):
+        raise PromptError(f"negative prompt must be text, got {type(negative).__name__}")
+    if negative and _PLACEHOLDER.search(negative):
+        raise PromptError("the negative prompt is text only: remove the image placeholders from it.")
+    return [tokenizer.bos_id] + (tokenizer.encode(negative) if negative else [])
