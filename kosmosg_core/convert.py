@@ -1,0 +1,96 @@
+"""Official ``.pt`` -> ``.safetensors``, streamed one tensor at a time.
+
+The header is computed from shapes alone, then each tensor is read from the memory-mapped
+source and written straight out, so at most one tensor is ever held twice. Only the keys the
+encoder uses are kept (the tied output projection, dead buffers, the frozen CLIP text encoder
+and SD U-Net/VAE copies are dropped); dtypes are kept, so outputs are bit-identical to the
+``.pt``. The tokenizer is embedded as two uint8 tensors so the file is self-contained.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import torch
+
+from .checkpoint import (
+    CONVERTED_FORMAT,
+    DICT_TENSOR,
+    SPM_TENSOR,
+    TORCH_TO_SAFETENSORS,
+    module_key,
+    open_checkpoint,
+)
+from .errors import CheckpointError, TokenizerError
+from .loading import resolve_tokenizer
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+
+
+def write_safetensors(path: str, shapes: dict, dtypes: dict, read, metadata: dict[str, str]) -> int:
+    """Write tensors named in ``shapes`` (in order), fetching each with ``read(name)``.
+
+    Writes to ``path + '.partial'`` and renames at the end, so an interrupted run never leaves a
+    file that looks complete. Returns the number of bytes written.
+    """
+    header: dict[str, object] = {"__metadata__": metadata}
+    offset = 0
+    for name, shape in shapes.items():
+        size = torch.Size(shape).numel() * torch.empty((), dtype=dtypes[name]).element_size()
+        header[name] = {"dtype": TORCH_TO_SAFETENSORS[dtypes[name]], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    encoded += b" " * (-len(encoded) % 8)
+    partial = path + ".partial"
+    with open(partial, "wb") as out:
+        out.write(len(encoded).to_bytes(8, "little"))
+        out.write(encoded)
+        for name in shapes:
+            data = _tensor_bytes(read(name))
+            if data.nbytes != header[name]["data_offsets"][1] - header[name]["data_offsets"][0]:
+                raise CheckpointError(f"tensor {name} changed size while converting")
+            out.write(data)
+    os.replace(partial, path)
+    return 8 + len(encoded) + offset
+
+
+def convert(src: str, dst: str, tokenizer: str | None = None, embed_tokenizer: bool = True) -> dict:
+    """Convert an official Kosmos-G checkpoint; returns a summary for the CLI to print."""
+    if os.path.abspath(src) == os.path.abspath(dst):
+        raise CheckpointError("convert: source and destination are the same file.")
+    checkpoint = open_checkpoint(src)
+    kept = [k for k in checkpoint.keys() if module_key(k) is not None]
+    shapes = {k: checkpoint.shapes[k] for k in kept}
+    dtypes = {k: checkpoint.dtypes[k] for k in kept}
+    tensors: dict[str, torch.Tensor] = {}
+    tok = None
+    if embed_tokenizer:
+        try:
+            tok = resolve_tokenizer(checkpoint, tokenizer)
+        except TokenizerError:
+            if tokenizer:  # asked for explicitly: the user wants to know it is wrong
+                raise
+    if tok is not None:
+        tensors[SPM_TENSOR] = torch.from_numpy(np.frombuffer(tok.spm_model_bytes, dtype=np.uint8).copy())
+        tensors[DICT_TENSOR] = torch.from_numpy(np.frombuffer(tok.dict_txt.encode("utf-8"), dtype=np.uint8).copy())
+        for name, value in tensors.items():
+            shapes[name], dtypes[name] = tuple(value.shape), value.dtype
+    needed = checkpoint.weight_bytes(kept)
+    free = shutil.disk_usage(os.path.dirname(os.path.abspath(dst)) or ".").free
+    if free < needed * 1.05:
+        raise CheckpointError(f"convert: {dst} needs {needed / 1e9:.2f} GB but only {free / 1e9:.2f} GB is free there.")
+    metadata = {
+        "format": CONVERTED_FORMAT,
+        "kind": checkpoint.kind,
+        "source": os.path.basename(src),
+        "dropped_keys": str(len(checkpoint.keys()) - len(kept)),
+    }
+    written = write_safetensors(dst, shapes, dtypes, lambda k: tensors[k] if k in tensors else checkpoint.tensor(k), metadata)
+    checkpoint.close()
+    return {"src": src, "dst": dst, "kind": checkpoint.kind, "tensors": len(shapes), "bytes": written,
+            "dropped_keys": int(metadata["dropped_keys"]), "tokenizer_embedded": tok is not None}
