@@ -7,7 +7,6 @@ GILL files, a stage-1 file) by their keys, never by their names.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -70,6 +69,24 @@ def module_key(official: str) -> str | None:
     if official.startswith(ALIGNER) and not official.startswith(ALIGNER + "clip_encoder."):
         return official
     return None
+
+
+def official_key(name: str) -> str:
+    """Inverse of :func:`module_key` for the keys our model has (used to write official files)."""
+    if name.startswith("text_model.model."):
+        return TEXT + name[len("text_model.model.") :]
+    if name.startswith("vision_model.model."):
+        rest = name[len("vision_model.model.") :]
+        for old, new in _VISION_RENAMES:
+            if rest.startswith(new):
+                rest = old + rest[len(new) :]
+                break
+        for old, new in _VISION_LAYER_RENAMES:
+            rest = rest.replace(new, old)
+        return VISION + rest
+    if name.startswith("image_to_text_projection."):
+        return CONNECTOR + name[len("image_to_text_projection.") :]
+    return name
 
 
 def _wrong_family(keys: list[str]) -> str | None:
@@ -179,7 +196,10 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Open an official ``.pt`` or a ``.safetensors`` file without reading its weights yet."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint file not found: {path}")
+        raise CheckpointError(
+            f"checkpoint file not found: {path}. Kosmos-G needs checkpoint_final.pt from the official "
+            "release (see README, Models), with sentencepiece.bpe.model and dict.txt beside it."
+        )
     with open(path, "rb") as handle:
         head = handle.read(16)
     if _looks_like_safetensors(path, head):
@@ -264,8 +284,3 @@ _SAFETENSORS_DTYPES = {
 }
 TORCH_TO_SAFETENSORS = {v: k for k, v in _SAFETENSORS_DTYPES.items()}
 
-
-def describe(checkpoint: Checkpoint) -> str:
-    return json.dumps(
-        {"path": checkpoint.path, "format": checkpoint.format, "kind": checkpoint.kind, "tensors": len(checkpoint.shapes)}
-    )

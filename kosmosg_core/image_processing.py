@@ -50,6 +50,14 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+def _check_layout(shape: tuple[int, ...]) -> None:
+    if len(shape) not in (3, 4) or shape[-1] not in _MODE_FOR_CHANNELS or 0 in shape:
+        raise ImageError(
+            f"expected an image tensor shaped [H,W,C] or a batch [B,H,W,C] with C = 1, 3 or 4 "
+            f"(ComfyUI IMAGE layout), got shape {shape}."
+        )
+
+
 def array_to_pil(pixels: np.ndarray | torch.Tensor) -> Image.Image:
     """One [H,W,C] image (float 0..1 or uint8, C in 1/3/4) to an RGB PIL image."""
     if isinstance(pixels, torch.Tensor):
@@ -57,11 +65,7 @@ def array_to_pil(pixels: np.ndarray | torch.Tensor) -> Image.Image:
         pixels = pixels.numpy() if pixels.dtype == torch.uint8 else pixels.double().numpy()
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
-    if pixels.ndim != 3 or pixels.shape[-1] not in _MODE_FOR_CHANNELS:
-        raise ImageError(
-            f"expected an image tensor shaped [H,W,C] or a batch [B,H,W,C] with C = 1, 3 or 4 "
-            f"(ComfyUI IMAGE layout), got shape {tuple(pixels.shape)}."
-        )
+    _check_layout(tuple(pixels.shape))
     if pixels.dtype != np.uint8:
         pixels = np.asarray(pixels, dtype=np.float64)
         if not np.isfinite(pixels).all():
@@ -85,6 +89,7 @@ def as_pil_images(images) -> list[Image.Image]:
         elif isinstance(item, (str, os.PathLike)):
             result.append(load_image_file(item))
         elif isinstance(item, (torch.Tensor, np.ndarray)):
+            _check_layout(tuple(item.shape) if item.ndim != 2 else (*item.shape, 1))
             if item.ndim == 4:
                 result.extend(array_to_pil(frame) for frame in item)
             else:

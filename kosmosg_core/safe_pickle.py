@@ -16,6 +16,7 @@ says. This unpickler sits in between:
 
 from __future__ import annotations
 
+import _compat_pickle
 import copyreg
 import os
 import pickle
@@ -163,6 +164,11 @@ class RestrictedUnpickler(pickle.Unpickler):
     """``pickle.Unpickler`` that resolves only allow-listed globals and stands in for the rest."""
 
     def find_class(self, module: str, name: str):
+        # Protocol 0-2 pickles written by Python 3 carry Python 2 names (copy_reg, __builtin__).
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
         found = allowed_globals().get(f"{module}.{name}")
         if found is not None:
             return found
