@@ -90,7 +90,7 @@ def worker(path: str, dtype: str, tokenizer: str, images: int, repeats: int) -> 
         "file": os.path.basename(path),
         "dtype": dtype,
         "parameters": params,
-        "load_seconds": round(load_seconds, 3),
+        "load_seconds": load_seconds,
         "weight_bytes": weight_bytes,
         "peak_rss_during_load_bytes": peak - baseline,
         "peak_rss_over_weight_bytes": round((peak - baseline) / weight_bytes, 3),
@@ -140,7 +140,7 @@ def run_bench(args) -> dict:
             plain_read_seconds(path)  # bring into the page cache, as the loads will find it
             reads[os.path.basename(path)] = {
                 "bytes": os.path.getsize(path),
-                "plain_read_seconds": round(min(plain_read_seconds(path) for _ in range(2)), 3),
+                "plain_read_seconds": min(plain_read_seconds(path) for _ in range(2)),
             }
         repeats = 3 if args.size == "real" else 2
         runs = []

@@ -114,6 +114,7 @@ class KosmosGConfig:
     def kosmos2_config(self):
         """transformers ``Kosmos2Config`` for the MLLM, vision tower and connector."""
         from transformers import Kosmos2Config
+        from transformers.models.kosmos2.modeling_kosmos2 import Kosmos2PreTrainedModel
 
         config = Kosmos2Config(
             text_config=dict(
@@ -148,6 +149,8 @@ class KosmosGConfig:
             ),
             latent_query_num=self.latent_queries,
         )
+        # SDPA where this transformers version offers it for Kosmos-2 (4.5x+), else eager
+        attention = "sdpa" if getattr(Kosmos2PreTrainedModel, "_supports_sdpa", False) else "eager"
         for sub in (config, config.text_config, config.vision_config):
-            sub._attn_implementation = "sdpa"
+            sub._attn_implementation = attention
         return config

@@ -35,9 +35,8 @@ class KosmosGModel(nn.Module):
         embeddings = self.vision_model.model.embeddings
         embeddings.position_ids = torch.arange(embeddings.num_positions, device=device).expand((1, -1))
         positions = self.text_model.model.embed_positions
-        table = positions.get_embedding(
-            positions.num_positions + positions.offset, positions.embedding_dim, positions.padding_idx
-        )
+        rows, width = positions.weights.shape  # the table grows on demand for longer inputs
+        table = positions.get_embedding(rows, width, positions.padding_idx)
         positions.weights = table.to(device=device, dtype=self.text_model.model.embed_tokens.weight.dtype)
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
