@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from kosmosg_core import CheckpointError, ImageError, PromptError, TokenizerError, load_kosmosg, open_checkpoint
-from kosmosg_core.synthetic import random_state_dict, tiny_size, write_official_checkpoint
+from kosmosg_core.synthetic import random_state_dict, tiny_size
 
 
 def test_missing_checkpoint_says_what_to_download(tmp_path):
@@ -44,7 +44,9 @@ def test_stage1_and_stage2_files(tmp_path, tiny_tokenizer_dir):
         load_kosmosg(tmp_path / "checkpoint_stage1.pt", tokenizer=str(tiny_tokenizer_dir))
 
     stage2_path = tmp_path / "checkpoint_stage2.pt"
-    write_official_checkpoint(str(stage2_path), tiny_size(400, with_reconstruction=True))
+    stage2 = random_state_dict(tiny_size(400, with_reconstruction=True))
+    stage2["aligner.clip_encoder.text_model.embeddings.token_embedding.weight"] = torch.zeros(10, 64)  # frozen CLIP
+    torch.save({"model": stage2}, stage2_path)
     assert open_checkpoint(stage2_path).kind == "stage2"
     with pytest.raises(CheckpointError, match="stage-2.*checkpoint_final.pt"):
         load_kosmosg(stage2_path, tokenizer=str(tiny_tokenizer_dir), allow_stage2=False)

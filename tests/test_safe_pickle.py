@@ -82,3 +82,19 @@ def test_plain_pickle_protocols_rebuild_stand_ins(tmp_path):
             from kosmosg_core.safe_pickle import RestrictedUnpickler
             obj = RestrictedUnpickler(handle).load()
         assert obj["args"].a == 1 and type(obj["args"]).__name__ == "Namespace"
+
+
+def test_final_file_with_sd_copies_and_optimizer_state_loads(tmp_path, tiny_tokenizer_dir):
+    """The release file may carry frozen SD U-Net/VAE copies and Adam moments: ignored, not refused."""
+    state = random_state_dict(tiny_size(400), seed=2)
+    state["diffusion_unet.unet.conv_in.weight"] = torch.zeros(8, 4, 3, 3, dtype=torch.float16)
+    state["vae.vae.decoder.conv_out.bias"] = torch.zeros(3, dtype=torch.float16)
+    path = tmp_path / "checkpoint_final.pt"
+    torch.save({"model": state, "last_optimizer_state": {"state": {0: {"exp_avg": torch.zeros(16)}}},
+                "extra_state": {"epoch": 1}}, path)
+    opened = open_checkpoint(path)
+    assert opened.kind == "final"
+    reference = load_kosmosg(path, tokenizer=str(tiny_tokenizer_dir)).encode("a dog").cond
+    del state["diffusion_unet.unet.conv_in.weight"], state["vae.vae.decoder.conv_out.bias"]
+    torch.save({"model": state}, tmp_path / "plain.pt")
+    assert torch.equal(reference, load_kosmosg(tmp_path / "plain.pt", tokenizer=str(tiny_tokenizer_dir)).encode("a dog").cond)
