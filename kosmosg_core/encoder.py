@@ -47,6 +47,7 @@ class KosmosGEncoder:
         self.tokenizer = tokenizer
         self.config = model.config
         self._null: tuple[torch.Tensor, torch.Tensor] | None = None  # (mllm_hidden, aligned) of [<s>]
+        self._null_key: tuple[torch.device, torch.dtype] | None = None
 
     @property
     def device(self) -> torch.device:
@@ -58,7 +59,6 @@ class KosmosGEncoder:
 
     def to(self, device: str | torch.device) -> "KosmosGEncoder":
         self.model.to(device)
-        self._null = None
         return self
 
     # -- prompt side ---------------------------------------------------------------------------
@@ -106,9 +106,10 @@ class KosmosGEncoder:
         return self._null_forward()[1]
 
     def _null_forward(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._null is None:
+        key = (self.device, self.dtype)  # the model may have been moved (e.g. by ComfyUI's offloading)
+        if self._null is None or self._null_key != key:
             out = self._forward([[self.tokenizer.bos_id]], [[0]], None)
-            self._null = (out.mllm_hidden, out.aligned)
+            self._null, self._null_key = (out.mllm_hidden, out.aligned), key
         return self._null
 
     @contextmanager

