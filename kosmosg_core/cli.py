@@ -45,6 +45,12 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _workflow(args: argparse.Namespace) -> int:
+    from .runner import run_workflow
+
+    return run_workflow(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m kosmosg_core", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -74,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--dtypes", default="fp32,bf16")
     bench.add_argument("--keep", action="store_true", help="keep the generated checkpoints")
     bench.set_defaults(run=_bench)
+    flow = sub.add_parser("workflow", help="run a ComfyUI workflow JSON headless in an embedded ComfyUI")
+    flow.add_argument("file", help="workflow JSON (UI or API format), e.g. workflows/kosmos-g_multi-entity.json")
+    flow.add_argument("--offline-smoke", action="store_true", help="run on tiny random weights made on the spot")
+    flow.add_argument("--comfyui", help="ComfyUI folder (default: COMFYUI_PATH, the ComfyUI around this pack, or the test host)")
+    flow.add_argument("--base-dir", help="ComfyUI base folder (models/, input/, output/) to use instead of the default")
+    flow.add_argument("--steps", type=int, help="override the sampler steps")
+    flow.add_argument("--size", help="override the latent size, e.g. 512x512")
+    flow.set_defaults(run=_workflow)
     return parser
 
 

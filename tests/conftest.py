@@ -70,3 +70,23 @@ def tiny_checkpoint(tmp_path_factory, tiny_tokenizer_dir) -> Path:
     for name in ("sentencepiece.bpe.model", "dict.txt"):
         shutil.copy(tiny_tokenizer_dir / name, folder / name)
     return Path(write_official_checkpoint(str(folder / "checkpoint_final.pt"), tiny_size(400, 768), seed=3))
+
+
+@pytest.fixture(scope="session")
+def comfy(tmp_path_factory):
+    """One real ComfyUI (0.3.75 test host, or COMFYUI_PATH) booted in this process, with the pack
+    loaded through ComfyUI's own custom-node loader, tiny models and input images in place."""
+    import numpy as np
+    from PIL import Image
+
+    from kosmosg_core.runner.host import ComfyHost, find_comfyui
+    from kosmosg_core.runner.tiny_models import write_tiny_models
+
+    base = tmp_path_factory.mktemp("comfy_base")
+    host = ComfyHost(find_comfyui(), str(base), cpu=True)
+    host.tiny_models = write_tiny_models(host.folder_paths.models_dir)
+    input_dir = host.folder_paths.get_input_directory()
+    for seed, name in enumerate(("dog.png", "hat.png", "pose.png", "cat.png")):
+        rng = np.random.default_rng(seed)
+        Image.fromarray(rng.integers(0, 256, (72 + 8 * seed, 88, 3), dtype=np.uint8)).save(os.path.join(input_dir, name))
+    return host

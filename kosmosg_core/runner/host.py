@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import inspect
+import logging
 import os
 import sys
 import uuid
@@ -81,9 +82,7 @@ class RunResult:
         if data:
             return f"{data['node_type']} (node {data['node_id']}): {data['exception_message']}"
         if self.node_errors:
-            return "; ".join(
-                f"{nid}: {e['message'] if isinstance(e, dict) and 'message' in e else e}" for nid, e in self.node_errors.items()
-            )
+            return "; ".join(_describe_node_error(nid, err) for nid, err in self.node_errors.items())
         return None
 
     def image_paths(self, output_dir: str) -> list[str]:
@@ -94,28 +93,13 @@ class RunResult:
         return paths
 
 
-_TORCHVISION_SCHEMAS = []  # keeps the Library fragment alive
-
-
-def ensure_torchvision_importable() -> None:
-    """PyPI's torchvision 0.28 links CUDA libraries; on CPU torch its C++ ops fail to load and the
-    import dies registering fake kernels for ``torchvision::nms``. Declaring the two op schemas
-    (with no kernels) first lets the pure-Python parts ComfyUI uses import; nms itself stays unusable."""
-    try:
-        import torchvision  # noqa: F401
-        return
-    except RuntimeError as exc:
-        if "torchvision::nms" not in str(exc):
-            raise
-    import torch
-
-    library = torch.library.Library("torchvision", "FRAGMENT")
-    library.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    library.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    _TORCHVISION_SCHEMAS.append(library)
-    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-        del sys.modules[name]
-    import torchvision  # noqa: F401,F811
+def _describe_node_error(node_id: str, error) -> str:
+    if isinstance(error, dict) and "errors" in error:
+        details = ", ".join(f"{e.get('message', '')}: {e.get('details', '')}" for e in error["errors"])
+        return f"{error.get('class_type', '?')} (node {node_id}): {details}"
+    if isinstance(error, dict):
+        return f"{error.get('message', '')}: {error.get('details', '')}"
+    return str(error)
 
 
 def _run(value):
@@ -129,7 +113,6 @@ class ComfyHost:
         self.root = comfy_root
         if comfy_root not in sys.path:
             sys.path.insert(0, comfy_root)
-        ensure_torchvision_importable()
         from comfy.cli_args import args
 
         import torch
@@ -157,8 +140,13 @@ class ComfyHost:
 
         self.folder_paths, self.execution, self.nodes = folder_paths, execution, nodes
         init = nodes.init_extra_nodes
-        _run(init(init_custom_nodes=False, init_api_nodes=False) if "init_api_nodes" in inspect.signature(init).parameters
-             else init(init_custom_nodes=False))
+        quiet = logging.getLogger().level
+        logging.getLogger().setLevel(logging.ERROR)  # core extras whose optional deps are absent (audio) log tracebacks
+        try:
+            _run(init(init_custom_nodes=False, init_api_nodes=False) if "init_api_nodes" in inspect.signature(init).parameters
+                 else init(init_custom_nodes=False))
+        finally:
+            logging.getLogger().setLevel(quiet)
         before = set(nodes.NODE_CLASS_MAPPINGS)
         _run(nodes.load_custom_node(PACK_DIR, ignore=before, module_parent="custom_nodes"))
         self.pack_nodes = sorted(set(nodes.NODE_CLASS_MAPPINGS) - before)
@@ -174,6 +162,14 @@ class ComfyHost:
 
     def node_classes(self) -> dict:
         return self.nodes.NODE_CLASS_MAPPINGS
+
+    def node_output(self, node_id: str, slot: int = 0):
+        """A node's output from the executor's cache (valid for nodes of the last prompt)."""
+        entry = self.executor.caches.outputs.get(str(node_id))
+        if entry is None:
+            raise KeyError(f"node {node_id} has no cached output")
+        outputs = entry.outputs if hasattr(entry, "outputs") else entry
+        return outputs[slot][0]
 
     def run(self, prompt: dict) -> RunResult:
         prompt_id = str(uuid.uuid4())
