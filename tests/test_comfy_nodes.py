@@ -206,3 +206,41 @@ def test_missing_tokenizer_lists_places_searched(comfy):
         for name in moved:
             shutil.move(os.path.join(hidden, name), os.path.join(folder, name))
     run_ok(comfy, sd_graph(seed=17))
+
+
+def _pack_module(relative_file: str):
+    """A module of the pack as ComfyUI imported it (its module name depends on the ComfyUI version)."""
+    import sys
+
+    wanted = os.path.join(PACK_DIR, relative_file)
+    return next(m for m in list(sys.modules.values()) if getattr(m, "__file__", None) == wanted)
+
+
+def test_model_folder_keeps_extra_model_paths_entries(comfy, tmp_path):
+    runtime = _pack_module(os.path.join("nodes", "comfy_runtime.py"))
+    folders = comfy.folder_paths.folder_names_and_paths
+    folders["kosmos_g_probe"] = ([str(tmp_path)], set())  # as extra_model_paths.yaml declares it
+    runtime.register_model_folder("kosmos_g_probe")
+    paths, extensions = folders.pop("kosmos_g_probe")
+    assert paths[0] == str(tmp_path) and paths[1].endswith(os.path.join("models", "kosmos_g_probe"))
+    assert {".pt", ".safetensors"} <= extensions
+
+
+def test_encode_reports_progress_per_layer(comfy):
+    from comfy import utils as comfy_utils
+    from comfy_execution.utils import get_executing_context
+
+    updates = []
+
+    def hook(value, total, preview, node_id=None):  # as ComfyUI's server hook resolves the node
+        context = get_executing_context()
+        updates.append((value, total, node_id or (context.node_id if context else None)))
+
+    previous = comfy_utils.PROGRESS_BAR_HOOK
+    comfy_utils.set_progress_bar_global_hook(hook)
+    try:
+        run_ok(comfy, sd_graph(seed=18, prompt="<i> with progress <i>"))
+    finally:
+        comfy_utils.set_progress_bar_global_hook(previous)
+    encoder_updates = [u for u in updates if u[2] == "enc"]
+    assert len(encoder_updates) >= 4 and encoder_updates[-1][0] == encoder_updates[-1][1]
