@@ -1,4 +1,4 @@
-"""Pixels exactly as the official Kosmos-G pipeline makes them.
+"""Pixels exactly as the official Kosmos-G (and GILL) pipelines make them.
 
 Official path (``AppModel._build_image_transform()['gpt']`` + ``kosmosg_preprocess``):
 
@@ -118,10 +118,14 @@ def resize_bicubic(image: Image.Image, size: int) -> Image.Image:
     return image
 
 
-def center_crop(image: Image.Image, size: int) -> Image.Image:
-    """torchvision ``CenterCrop``: offsets rounded half to even (Python ``round``)."""
-    left = int(round((image.width - size) / 2.0))
-    top = int(round((image.height - size) / 2.0))
+def center_crop(image: Image.Image, size: int, floor: bool = False) -> Image.Image:
+    """torchvision ``CenterCrop`` (offsets rounded half to even, Kosmos-G) or, with ``floor``,
+    transformers' ``center_crop`` (offsets floored, GILL's CLIPImageProcessor)."""
+    if floor:
+        left, top = (image.width - size) // 2, (image.height - size) // 2
+    else:
+        left = int(round((image.width - size) / 2.0))
+        top = int(round((image.height - size) / 2.0))
     return image.crop((left, top, left + size, top + size))
 
 
@@ -131,6 +135,21 @@ def normalize(image: Image.Image) -> np.ndarray:
     mean = np.asarray(CLIP_MEAN, dtype=np.float64)[:, None, None]
     std = np.asarray(CLIP_STD, dtype=np.float64)[:, None, None]
     return (pixels - mean) / std
+
+
+def clip_processor_pixels(images, size: int, mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:
+    """(N, 3, size, size) float32 as transformers' ``CLIPImageProcessor`` (Pillow backend) makes them
+    for GILL: same resize, floored crop, ``x * (1/255)`` in float64 cast to float32, then
+    float32 ``(x - mean) / std``."""
+    arrays = []
+    for image in as_pil_images(images):
+        cropped = center_crop(resize_bicubic(image, size), size, floor=True)
+        pixels = (np.asarray(cropped) * (1 / 255)).astype(np.float32)
+        pixels = (pixels - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+        arrays.append(pixels.transpose(2, 0, 1))
+    if not arrays:
+        return torch.zeros(0, 3, size, size)
+    return torch.from_numpy(np.stack(arrays))
 
 
 def preprocess_images(images, size: int) -> torch.Tensor:

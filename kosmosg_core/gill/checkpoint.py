@@ -1,0 +1,160 @@
+"""Reading the released GILL files: ``pretrained_ckpt.pth.tar``, ``model_args.json``,
+``decision_model.pth.tar``, and checking the OPT and CLIP folders they go with.
+
+All pickles go through the restricted unpickler; sizes come from tensor shapes (the mapper's 4
+heads are the one fixed number, see ``modeling.MAPPER_HEADS``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import torch
+
+from ..checkpoint import _wrong_family
+from ..errors import CheckpointError
+from ..safe_pickle import restricted_torch_load
+from .modeling import DecisionModel, GILLHeadsConfig
+
+CHECKPOINT_FILE = "pretrained_ckpt.pth.tar"
+ARGS_FILE = "model_args.json"
+DECISION_FILE = "decision_model.pth.tar"
+MAPPER = "gen_text_hidden_fcs.0."
+IMG_ROWS = "input_embeddings.weight"
+
+
+def _state_dict(obj, path: str) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} holds no state dict; expected torch.save({{'state_dict': ...}}) as GILL releases it.")
+    return obj
+
+
+def _strip(key: str) -> str:
+    for prefix in ("module.", "model."):
+        if key.startswith(prefix):
+            key = key[len(prefix) :]
+    return key
+
+
+def read_model_args(directory: str) -> dict:
+    path = os.path.join(directory, ARGS_FILE)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{ARGS_FILE} not found in {directory}; it comes with pretrained_ckpt.pth.tar in the GILL release (checkpoints/gill_opt/).")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc}); download it again.") from None
+
+
+def read_heads_state(directory: str) -> dict[str, torch.Tensor]:
+    """The 137 trainable tensors, keys without the ``model.`` prefix; checks it is really GILL."""
+    path = os.path.join(directory, CHECKPOINT_FILE) if os.path.isdir(directory) else directory
+    if not os.path.isfile(path):
+        raise CheckpointError(
+            f"{CHECKPOINT_FILE} not found in {directory}. GILL needs the folder of its release "
+            f"(checkpoints/gill_opt/: {CHECKPOINT_FILE}, {ARGS_FILE}, {DECISION_FILE})."
+        )
+    raw = _state_dict(restricted_torch_load(path), path)
+    state = {_strip(k): v for k, v in raw.items()}
+    if MAPPER + "fc.weight" not in state:
+        family = _wrong_family(list(raw)) or (
+            "it is a Kosmos-G checkpoint; load it with the Kosmos-G loader" if any(k.startswith("gpt_model.") for k in raw)
+            else f"its weights are named {', '.join(sorted({k.split('.')[0] for k in raw})[:6])}.*"
+        )
+        raise CheckpointError(f"{path} is not a GILL checkpoint: {family}. Expected GILL's {CHECKPOINT_FILE}.")
+    if IMG_ROWS not in state:
+        raise CheckpointError(
+            f"{path} lacks model.{IMG_ROWS}, the [IMG] token rows GILL adds to the LLM; the file is incomplete."
+        )
+    return state
+
+
+def count_layers(keys, prefix: str) -> int:
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    return 1 + max((int(m.group(1)) for k in keys if (m := pattern.match(k))), default=-1)
+
+
+def heads_config(state: dict[str, torch.Tensor], args: dict) -> GILLHeadsConfig:
+    mapper_dim, llm_dim = state[MAPPER + "fc.weight"].shape
+    visual_out, vision_dim = state["visual_embeddings.weight"].shape
+    num_tokens = int(args.get("num_tokens", state[IMG_ROWS].shape[0]))
+    if state[IMG_ROWS].shape != (num_tokens, llm_dim):
+        raise CheckpointError(
+            f"the checkpoint's [IMG] rows are {tuple(state[IMG_ROWS].shape)} but model_args.json says "
+            f"num_tokens={num_tokens} with an LLM width of {llm_dim}: the files do not belong together."
+        )
+    return GILLHeadsConfig(
+        llm_dim=llm_dim,
+        vision_dim=vision_dim,
+        n_visual_tokens=visual_out // llm_dim,
+        ret_emb_dim=state["visual_fc.weight"].shape[0],
+        mapper_dim=mapper_dim,
+        mapper_ffn=state[MAPPER + "tfm.encoder.layers.0.linear1.weight"].shape[0],
+        mapper_encoder_layers=count_layers(state, MAPPER + "tfm.encoder.layers."),
+        mapper_decoder_layers=count_layers(state, MAPPER + "tfm.decoder.layers."),
+        num_clip_tokens=state[MAPPER + "query_embs"].shape[1],
+        gen_emb_dim=state[MAPPER + "model.weight"].shape[0],
+        num_img_tokens=num_tokens,
+    )
+
+
+def read_decision_model(directory: str, llm_dim: int) -> tuple[DecisionModel | None, str]:
+    """(model, note). ``note`` says which release it is, or why there is none."""
+    path = os.path.join(directory, DECISION_FILE)
+    if not os.path.isfile(path):
+        return None, f"no {DECISION_FILE} in {directory}: generate-vs-retrieve decisions are unavailable"
+    state = _state_dict(restricted_torch_load(path), path)
+    weight = state.get("1.weight")
+    if weight is None or weight.ndim != 2 or weight.shape[0] != 2:
+        raise CheckpointError(f"{path} is not GILL's decision model (expected '1.weight' of shape (2, {llm_dim})).")
+    model = DecisionModel(weight.shape[1])
+    model.load_state_dict({f"layers.{k}": v for k, v in state.items()})
+    if weight.shape[1] == llm_dim:
+        return model.eval(), "current"
+    if weight.shape[1] == llm_dim + 1:
+        return model.eval(), "legacy"
+    raise CheckpointError(
+        f"{path} reads {weight.shape[1]} features but this GILL's LLM is {llm_dim} wide: the decision model "
+        "belongs to another GILL."
+    )
+
+
+def check_llm_folder(directory: str, llm_dim: int) -> dict:
+    config = _hf_config(directory, "LLM", "an OPT model folder such as facebook/opt-6.7b")
+    if config.get("model_type") != "opt":
+        raise CheckpointError(
+            f"{directory} holds a {config.get('model_type')!r} model; GILL needs OPT (facebook/opt-6.7b layout)."
+        )
+    width = config.get("word_embed_proj_dim") or config.get("hidden_size")
+    if width != llm_dim:
+        raise CheckpointError(
+            f"the LLM in {directory} is {width} wide but the GILL checkpoint was trained on a {llm_dim}-wide OPT "
+            f"({'facebook/opt-6.7b' if llm_dim == 4096 else 'another size'}); use the matching OPT folder."
+        )
+    return config
+
+
+def check_vision_folder(directory: str, vision_dim: int) -> dict:
+    config = _hf_config(directory, "vision", "a CLIP folder such as openai/clip-vit-large-patch14")
+    vision = config.get("vision_config", config) if config.get("model_type") == "clip" else config
+    if config.get("model_type") not in ("clip", "clip_vision_model"):
+        raise CheckpointError(f"{directory} holds a {config.get('model_type')!r} model; GILL needs a CLIP vision model.")
+    if vision.get("hidden_size") != vision_dim:
+        raise CheckpointError(
+            f"the CLIP in {directory} is {vision.get('hidden_size')} wide but the GILL checkpoint expects "
+            f"{vision_dim} (openai/clip-vit-large-patch14 for the release)."
+        )
+    return vision
+
+
+def _hf_config(directory: str, what: str, expected: str) -> dict:
+    path = os.path.join(directory or "", "config.json")
+    if not directory or not os.path.isfile(path):
+        raise CheckpointError(f"no {what} model at {directory!r} (looked for {path}); expected {expected}.")
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
