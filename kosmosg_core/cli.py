@@ -9,10 +9,86 @@ import sys
 from .errors import KosmosGError
 
 
-def _encode(args: argparse.Namespace) -> int:
-    import torch
+def _save(tensors: dict, path: str, metadata: dict) -> None:
+    """float32 for floating tensors, contiguous CPU copies, safetensors."""
     from safetensors.torch import save_file
 
+    tensors = {k: (v.float() if v.is_floating_point() else v).detach().cpu().contiguous() for k, v in tensors.items()}
+    save_file(tensors, path, metadata=metadata)
+
+
+def _load_gill(args: argparse.Namespace):
+    from .gill import load_gill
+
+    missing = [flag for flag in ("checkpoint", "llm", "vision") if not getattr(args, flag)]
+    if missing:
+        raise KosmosGError(f"GILL needs --{' --'.join(missing)}: the release folder, an OPT folder and a CLIP folder.")
+    gill = load_gill(args.checkpoint, args.llm, args.vision, dtype=args.dtype, device=args.device)
+    if getattr(args, "index", None):
+        from .gill.retrieval import RetrievalIndex
+
+        gill.index = RetrievalIndex.load(args.index)
+    return gill
+
+
+def _encode_gill(args: argparse.Namespace) -> int:
+    import torch
+
+    gill = _load_gill(args)
+    slot, ids = gill.encode(args.prompt, args.image or [])
+    tensors = {"cond": slot.cond, "ret_emb": slot.ret_emb}
+    if slot.decision_logits is not None:
+        tensors["decision"] = slot.decision
+    if args.dump_intermediates:
+        tensors.update(input_ids=torch.tensor([ids]), img_hidden=slot.img_hidden)
+        if slot.decision_logits is not None:
+            tensors["decision_logits"] = slot.decision_logits
+    _save(tensors, args.out, {"prompt": args.prompt, "backend": "gill", "decision_note": slot.decision_note})
+    print(json.dumps({"out": args.out, "cond": list(slot.cond.shape), "decision": slot.choice, "tensors": sorted(tensors)}))
+    return 0
+
+
+def _generate_text(args: argparse.Namespace) -> int:
+    gill = _load_gill(args)
+    result = gill.generate(args.prompt, args.image or [], args.max_new_tokens, temperature=args.temperature,
+                           top_p=args.top_p, min_word_tokens=args.min_word_tokens, ret_scale=args.ret_scale,
+                           gen_scale=args.gen_scale, seed=args.seed, stop_at_newline=args.out is None)
+    slots = [{"decision": slot.choice, "p_gen_ret": None if slot.decision is None else slot.decision[0].tolist(),
+              "note": slot.decision_note} for slot in result.slots]
+    if args.out:
+        tensors = {"greedy_ids" if args.temperature == 0 else "ids": result.ids}
+        for i, slot in enumerate(result.slots):
+            tensors[f"slot{i}.cond"], tensors[f"slot{i}.ret_emb"] = slot.cond, slot.ret_emb
+        _save(tensors, args.out, {"prompt": args.prompt, "text": result.text})
+    print(json.dumps({"text": result.text, "image_slots": slots, "out": args.out}))
+    return 0
+
+
+def _gill_index(args: argparse.Namespace) -> int:
+    from .gill.retrieval import RetrievalIndex, build_index
+
+    if args.action == "import":
+        index = RetrievalIndex.import_official(args.source)
+    else:
+        from tqdm import tqdm
+
+        gill = _load_gill(args)
+        bar = tqdm(total=None, unit="img", desc="embedding images", file=sys.stderr)
+
+        def progress(done, total):
+            bar.total = total
+            bar.update(done - bar.n)
+
+        index = build_index(gill, args.source, progress=progress)
+        bar.close()
+    index.save(args.out)
+    print(json.dumps({"out": args.out, "images": len(index.paths), "dim": int(index.embeddings.shape[1])}))
+    return 0
+
+
+def _encode(args: argparse.Namespace) -> int:
+    if args.backend == "gill":
+        return _encode_gill(args)
     from .loading import load_kosmosg
 
     encoder = load_kosmosg(args.checkpoint, args.tokenizer, dtype=args.dtype, device=args.device)
@@ -20,11 +96,8 @@ def _encode(args: argparse.Namespace) -> int:
     tensors = {"cond": out.cond, "uncond": out.uncond}
     if args.dump_intermediates:
         tensors.update(out.intermediates)
-    tensors = {
-        k: (v.float() if v.is_floating_point() else v).detach().cpu().contiguous() for k, v in tensors.items()
-    }
-    save_file(tensors, args.out, metadata={"prompt": args.prompt, "negative": args.negative or "", "dtype": args.dtype})
-    print(json.dumps({"out": args.out, "cond": list(tensors["cond"].shape), "tensors": sorted(tensors)}))
+    _save(tensors, args.out, {"prompt": args.prompt, "negative": args.negative or "", "dtype": args.dtype})
+    print(json.dumps({"out": args.out, "cond": list(out.cond.shape), "tensors": sorted(tensors)}))
     return 0
 
 
@@ -55,8 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m kosmosg_core", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    enc = sub.add_parser("encode", help="prompt + images -> cond/uncond safetensors")
-    enc.add_argument("--checkpoint", required=True, help="official checkpoint_final.pt or a converted .safetensors")
+    enc = sub.add_parser("encode", help="prompt + images -> conditioning safetensors (Kosmos-G or GILL)")
+    enc.add_argument("--backend", choices=["kosmos-g", "gill"], default="kosmos-g")
+    enc.add_argument("--checkpoint", required=True,
+                     help="Kosmos-G: checkpoint_final.pt or a converted .safetensors; GILL: the release folder")
+    enc.add_argument("--llm", help="GILL: OPT model folder (facebook/opt-6.7b layout)")
+    enc.add_argument("--vision", help="GILL: CLIP folder (CLIPVisionModel or full CLIPModel)")
+    enc.add_argument("--index", help="GILL: retrieval index (needed by the older decision model)")
     enc.add_argument("--tokenizer", help="folder with sentencepiece.bpe.model and dict.txt (default: beside the checkpoint, or embedded)")
     enc.add_argument("--prompt", required=True, help="text with <i> (or <image1>, <image2>, ...) where images go")
     enc.add_argument("--image", action="append", help="image file, once per image, in placeholder order")
@@ -66,6 +144,34 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--out", required=True, help="output .safetensors")
     enc.add_argument("--dump-intermediates", action="store_true", help="also write tokens, pixels and hidden states")
     enc.set_defaults(run=_encode)
+
+    gen = sub.add_parser("generate-text", help="GILL: dialogue/captioning text, with image slots")
+    for flag, text in (("--checkpoint", "GILL release folder"), ("--llm", "OPT folder"), ("--vision", "CLIP folder")):
+        gen.add_argument(flag, required=True, help=text)
+    gen.add_argument("--index", help="retrieval index (for the older decision model)")
+    gen.add_argument("--prompt", required=True, help="text with <i> where images go, e.g. 'Q: what is this <i>\\nA:'")
+    gen.add_argument("--image", action="append")
+    gen.add_argument("--max-new-tokens", type=int, default=32)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--min-word-tokens", type=int, default=0, help="tokens before an image slot may appear")
+    gen.add_argument("--ret-scale", type=float, default=1.0, help="scale of the [IMG0] logit (official ret_scale_factor)")
+    gen.add_argument("--gen-scale", type=float, default=1.0, help="scale of the [IMG0] logit (official gen_scale_factor)")
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
+    gen.add_argument("--device", default="cpu")
+    gen.add_argument("--out", help="write the raw ids (greedy_ids when temperature is 0) and slot tensors")
+    gen.set_defaults(run=_generate_text)
+
+    index = sub.add_parser("gill-index", help="GILL retrieval index: build from a folder, or import the official file")
+    index.add_argument("action", choices=["build", "import"])
+    index.add_argument("source", help="build: image folder; import: cc3m_embeddings_urls.npy (a pickle)")
+    index.add_argument("--out", required=True, help="index .safetensors")
+    for flag in ("--checkpoint", "--llm", "--vision"):
+        index.add_argument(flag, help="build: GILL release / OPT / CLIP folders")
+    index.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
+    index.add_argument("--device", default="cpu")
+    index.set_defaults(run=_gill_index)
 
     conv = sub.add_parser("convert", help="official .pt -> .safetensors (streamed)")
     conv.add_argument("src")

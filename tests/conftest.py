@@ -90,3 +90,29 @@ def comfy(tmp_path_factory):
         rng = np.random.default_rng(seed)
         Image.fromarray(rng.integers(0, 256, (72 + 8 * seed, 88, 3), dtype=np.uint8)).save(os.path.join(input_dir, name))
     return host
+
+
+def gill_fixture_dirs() -> list[Path]:
+    root = SHARED / "fixtures"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.name.startswith("gill") and (p / "cases.json").is_file())
+
+
+@pytest.fixture(scope="session")
+def gill_fixture() -> Path:
+    return require_shared("fixtures", "gill-official-tiny")
+
+
+@pytest.fixture(scope="session")
+def gill(gill_fixture):
+    from kosmosg_core.gill import load_gill
+
+    return load_gill(str(gill_fixture), str(gill_fixture / "llm"), str(gill_fixture / "vision"))
+
+
+@pytest.fixture(scope="session")
+def tiny_gill_dirs(tmp_path_factory) -> dict:
+    from kosmosg_core.gill.synthetic import write_tiny_gill
+
+    return write_tiny_gill(str(tmp_path_factory.mktemp("tiny_gill")))

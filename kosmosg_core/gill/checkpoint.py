@@ -26,8 +26,10 @@ IMG_ROWS = "input_embeddings.weight"
 
 
 def _state_dict(obj, path: str) -> dict[str, torch.Tensor]:
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
+    for key in ("state_dict", "model"):  # GILL's own layout, or another project's (to name it below)
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} holds no state dict; expected torch.save({{'state_dict': ...}}) as GILL releases it.")
     return obj
