@@ -111,6 +111,46 @@ def _run_worker(path: str, dtype: str, tokenizer: str, images: int, repeats: int
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def gill_generation_bench(width: int, layers: int, new_tokens: int = 32, repeats: int = 2) -> dict:
+    """Greedy generation with and without the KV cache on a random OPT of the given width/depth."""
+    import torch
+
+    from .gill import load_gill
+    from .gill.synthetic import tiny_heads_config, write_clip_vision, write_opt, write_release
+
+    with tempfile.TemporaryDirectory(prefix="kosmosg-gill-bench-") as root:
+        write_opt(os.path.join(root, "opt"), hidden=width, layers=layers, ffn=4 * width, dtype=torch.float32)
+        write_clip_vision(os.path.join(root, "clip"))
+        write_release(os.path.join(root, "gill"), tiny_heads_config(llm_dim=width))
+        gill = load_gill(os.path.join(root, "gill"), os.path.join(root, "opt"), os.path.join(root, "clip"))
+    gill.lm.resize_token_embeddings(50274, mean_resizing=False)  # OPT-6.7B's vocabulary, so the LM head costs what it really costs
+    prompt = "a man walks his dog on the beach. <i> they reach the old bridge at sunset, and then"
+    image = [__import__("PIL.Image", fromlist=["Image"]).new("RGB", (64, 64), (90, 120, 200))]
+    context_tokens = len(gill.context(prompt, image)[1])
+    timings = {}
+    for use_cache in (True, False):
+        kwargs = dict(max_new_tokens=new_tokens, min_word_tokens=new_tokens, stop_at_newline=False, use_cache=use_cache)
+        gill.generate(prompt, image, **{**kwargs, "max_new_tokens": 2})
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            ids = gill.generate(prompt, image, **kwargs).ids
+            best = min(best, time.perf_counter() - start)
+        timings["cache" if use_cache else "recompute"] = (best, ids)
+    assert torch.equal(timings["cache"][1], timings["recompute"][1]), "cache and recomputation disagree"
+    return {
+        "llm": f"random OPT, width {width}, {layers} layers (OPT-6.7B has 32), fp32, vocab 50274",
+        "context_tokens": context_tokens,
+        "new_tokens": new_tokens,
+        "seconds_with_cache": round(timings["cache"][0], 3),
+        "seconds_recompute": round(timings["recompute"][0], 3),
+        "tokens_per_second_with_cache": round(new_tokens / timings["cache"][0], 2),
+        "tokens_per_second_recompute": round(new_tokens / timings["recompute"][0], 2),
+        "speedup": round(timings["recompute"][0] / timings["cache"][0], 2),
+        "same_ids": True,
+    }
+
+
 def run_bench(args) -> dict:
     from .convert import convert
     from .synthetic import dict_lines_for, official_size, tiny_size, write_official_checkpoint, write_tiny_tokenizer
@@ -152,7 +192,10 @@ def run_bench(args) -> dict:
         matmul = matmul_flops_per_second()
         for run in runs:
             run["encode_flops_over_matmul_fp32"] = round(run["encode_flops_per_second"] / matmul, 3)
+        gill_size = (4096, 4) if args.size == "real" else (128, 2)
+        gill = gill_generation_bench(*gill_size) if args.gill else None
         return {
+            "gill_generation": gill,
             "size": args.size,
             "note": "random weights in the official format; files in the page cache; each load in a fresh process",
             "generate_pt_seconds": round(generate_seconds, 2),

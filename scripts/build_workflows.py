@@ -31,6 +31,15 @@ SOCKETS = {
                                 [("positive", "CONDITIONING"), ("negative", "CONDITIONING")], (320, 190)),
     "Canny": ([("image", "IMAGE")], [("IMAGE", "IMAGE")], (320, 82)),
     "LoraLoaderModelOnly": ([("model", "MODEL")], [("MODEL", "MODEL")], (320, 82)),
+    "CLIPTextEncode": ([("clip", "CLIP")], [("CONDITIONING", "CONDITIONING")], (400, 200)),
+    "PreviewAny": ([("source", "*")], [], (320, 160)),
+    "GILLLoader": ([], [("gill", "GILL")], (320, 200)),
+    "GILLEncode": ([("gill", "GILL"), ("image_1", "IMAGE"), ("image_2", "IMAGE"), ("image_3", "IMAGE"),
+                    ("image_4", "IMAGE"), ("more_images", "KOSMOSG_IMAGES")],
+                   [("positive", "CONDITIONING"), ("decision", "STRING")], (400, 280)),
+    "GILLGenerateText": ([("gill", "GILL"), ("image_1", "IMAGE"), ("image_2", "IMAGE"), ("image_3", "IMAGE"),
+                          ("image_4", "IMAGE"), ("more_images", "KOSMOSG_IMAGES")],
+                         [("text", "STRING"), ("image_conditioning", "CONDITIONING"), ("decision", "STRING")], (400, 380)),
 }
 
 
@@ -91,6 +100,11 @@ def load_image(node_id: int, name: str, y: int) -> dict:
     return {"id": node_id, "type": "LoadImage", "pos": (40, y), "widgets": [name, "image"], "title": f"Load {name}"}
 
 
+GILL = {"id": 2, "type": "GILLLoader", "pos": (40, 200),
+        "widgets": ["gill_opt", "opt-6.7b", "clip-vit-large-patch14", "auto", "none", "auto"]}
+EMPTY_NEGATIVE = {"id": 6, "type": "CLIPTextEncode", "pos": (460, 600), "widgets": [""], "links": {"clip": (1, 1)},
+                  "title": "Negative (GILL's unconditional side: empty text)"}
+
 WORKFLOWS = {
     "kosmos-g_multi-entity": [
         CHECKPOINT, KOSMOS, load_image(4, "dog.png", 340), load_image(5, "hat.png", 700),
@@ -117,6 +131,25 @@ WORKFLOWS = {
         {"id": 6, "type": "LoraLoaderModelOnly", "pos": (460, 40), "widgets": ["sd15_style_lora.safetensors", 0.8],
          "links": {"model": (1, 0)}},
         *sampler_tail(10, (6, 0), (3, 0), (3, 1), (1, 2), 11, "kosmos-g_lora"),
+    ],
+    "gill_visual-story": [
+        CHECKPOINT, GILL, load_image(4, "story_1.png", 420), load_image(5, "story_2.png", 780),
+        {"id": 3, "type": "GILLEncode", "pos": (460, 200),
+         "widgets": ["a man walks his dog on the beach. <i> they reach the old bridge. <i> then the dog runs into the water."],
+         "links": {"gill": (2, 0), "image_1": (4, 0), "image_2": (5, 0)}},
+        EMPTY_NEGATIVE,
+        {"id": 7, "type": "PreviewAny", "pos": (900, 600), "links": {"source": (3, 1)}, "title": "Generate or retrieve?"},
+        *sampler_tail(10, (1, 0), (3, 0), (6, 0), (1, 2), 42, "gill_visual-story"),
+    ],
+    "gill_dialogue": [
+        CHECKPOINT, GILL, load_image(4, "dog.png", 420),
+        {"id": 3, "type": "GILLGenerateText", "pos": (460, 200),
+         "widgets": ["Q: Can you show me a picture like this <i> but at night?\nA:", 32, 0.0, 1.0, 0, "fixed", 1.3, 0],
+         "links": {"gill": (2, 0), "image_1": (4, 0)}},
+        EMPTY_NEGATIVE,
+        {"id": 7, "type": "PreviewAny", "pos": (900, 560), "links": {"source": (3, 0)}, "title": "GILL's answer"},
+        {"id": 8, "type": "PreviewAny", "pos": (900, 760), "links": {"source": (3, 2)}, "title": "Generate or retrieve?"},
+        *sampler_tail(10, (1, 0), (3, 1), (6, 0), (1, 2), 1337, "gill_dialogue"),
     ],
     "kosmos-g_clip-mix": [
         CHECKPOINT, KOSMOS, load_image(4, "dog.png", 340),

@@ -86,7 +86,7 @@ def comfy(tmp_path_factory):
     host = ComfyHost(find_comfyui(), str(base), cpu=True)
     host.tiny_models = write_tiny_models(host.folder_paths.models_dir)
     input_dir = host.folder_paths.get_input_directory()
-    for seed, name in enumerate(("dog.png", "hat.png", "pose.png", "cat.png")):
+    for seed, name in enumerate(("dog.png", "hat.png", "pose.png", "cat.png", "story_1.png", "story_2.png")):
         rng = np.random.default_rng(seed)
         Image.fromarray(rng.integers(0, 256, (72 + 8 * seed, 88, 3), dtype=np.uint8)).save(os.path.join(input_dir, name))
     return host

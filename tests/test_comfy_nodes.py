@@ -14,7 +14,8 @@ from comfy_graphs import kosmos_nodes, node, read_images, sd_graph
 from kosmosg_core.cli import main as cli_main
 from kosmosg_core.runner.host import PACK_DIR
 
-PACK_NODES = ["KosmosGConcatCLIPText", "KosmosGEncode", "KosmosGImageList", "KosmosGLoader"]
+PACK_NODES = ["GILLEncode", "GILLGenerateText", "GILLLoader", "GILLRetrieve",
+              "KosmosGConcatCLIPText", "KosmosGEncode", "KosmosGImageList", "KosmosGLoader"]
 
 
 def run_ok(comfy, graph):

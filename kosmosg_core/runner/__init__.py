@@ -16,14 +16,24 @@ import tempfile
 
 from ..workflow import ui_to_api
 
-# loader node -> (input holding a file name, ComfyUI model folder, where users get that file)
+# loader node -> [(input naming a file or folder, ComfyUI model folder, where users get it)]
 MODEL_INPUTS = {
-    "KosmosGLoader": ("checkpoint", "kosmos_g",
-                      "the Kosmos-G release (checkpoint_final.pt), with sentencepiece.bpe.model and dict.txt beside it"),
-    "CheckpointLoaderSimple": ("ckpt_name", "checkpoints", "an SD 1.5 checkpoint (stable-diffusion-v1-5/stable-diffusion-v1-5)"),
-    "ControlNetLoader": ("control_net_name", "controlnet", "an SD 1.5 ControlNet (lllyasviel/ControlNet-v1-1)"),
-    "LoraLoaderModelOnly": ("lora_name", "loras", "any SD 1.5 LoRA (or change the name in the workflow)"),
+    "KosmosGLoader": [("checkpoint", "kosmos_g",
+                       "the Kosmos-G release (checkpoint_final.pt), with sentencepiece.bpe.model and dict.txt beside it")],
+    "CheckpointLoaderSimple": [("ckpt_name", "checkpoints", "an SD 1.5 checkpoint (stable-diffusion-v1-5/stable-diffusion-v1-5)")],
+    "ControlNetLoader": [("control_net_name", "controlnet", "an SD 1.5 ControlNet (lllyasviel/ControlNet-v1-1)")],
+    "LoraLoaderModelOnly": [("lora_name", "loras", "any SD 1.5 LoRA (or change the name in the workflow)")],
+    "GILLLoader": [("release", "gill", "the GILL release folder checkpoints/gill_opt (pretrained_ckpt.pth.tar, "
+                                       "model_args.json, decision_model.pth.tar)"),
+                   ("llm", "gill", "the facebook/opt-6.7b model folder"),
+                   ("vision", "gill", "the openai/clip-vit-large-patch14 model folder")],
 }
+
+
+def _present(folder_paths, folder: str, name: str) -> bool:
+    if folder_paths.get_full_path(folder, name) is not None:
+        return True
+    return any(os.path.isdir(os.path.join(root, name)) for root in folder_paths.get_folder_paths(folder))
 SMOKE_BANNER = "OFFLINE SMOKE RUN: tiny random weights; the image is noise, not Kosmos-G output."
 
 
@@ -48,12 +58,11 @@ def missing_files(prompt: dict, folder_paths) -> list[str]:
     lines = []
     for node in prompt.values():
         kind, inputs = node["class_type"], node["inputs"]
-        if kind in MODEL_INPUTS:
-            key, folder, source = MODEL_INPUTS[kind]
+        for key, folder, source in MODEL_INPUTS.get(kind, []):
             name = inputs.get(key)
-            if isinstance(name, str) and folder_paths.get_full_path(folder, name) is None:
+            if isinstance(name, str) and not _present(folder_paths, folder, name):
                 lines.append(f"  {name}: put it in {folder_paths.get_folder_paths(folder)[0]}  (from {source})")
-        elif kind == "LoadImage":
+        if kind == "LoadImage":
             name = inputs.get("image")
             if isinstance(name, str) and not os.path.isfile(os.path.join(folder_paths.get_input_directory(), name)):
                 lines.append(f"  {name}: put your image in {folder_paths.get_input_directory()}  (or pick another in the workflow)")

@@ -20,6 +20,7 @@ SD15_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 CONTROLNET = "control_v11p_sd15_canny.pth"
 LORA = "sd15_style_lora.safetensors"
 KOSMOSG_CHECKPOINT = "checkpoint_final.pt"
+GILL_RELEASE, GILL_LLM, GILL_VISION = "gill_opt", "opt-6.7b", "clip-vit-large-patch14"
 
 UNET_CONFIG = dict(
     image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[1], channel_mult=[1],
@@ -118,9 +119,21 @@ def write_tiny_kosmosg(folder: str, seed: int = 0) -> str:
     return write_official_checkpoint(os.path.join(folder, KOSMOSG_CHECKPOINT), tiny_size(400, 768), seed=seed)
 
 
+def write_tiny_gill_folders(folder: str) -> dict[str, str]:
+    """GILL's release, OPT and CLIP folders under the names the workflows use."""
+    from ..gill.synthetic import tiny_heads_config, write_clip_vision, write_opt, write_release
+
+    paths = {"release": os.path.join(folder, GILL_RELEASE), "llm": os.path.join(folder, GILL_LLM),
+             "vision": os.path.join(folder, GILL_VISION)}
+    write_release(paths["release"], tiny_heads_config())
+    write_opt(paths["llm"])
+    write_clip_vision(paths["vision"])
+    return paths
+
+
 def write_tiny_models(models_dir: str) -> dict[str, str]:
     """Every file the example workflows name, in ComfyUI's folder layout under ``models_dir``."""
-    folders = {name: os.path.join(models_dir, name) for name in ("checkpoints", "controlnet", "loras", "kosmos_g")}
+    folders = {name: os.path.join(models_dir, name) for name in ("checkpoints", "controlnet", "loras", "kosmos_g", "gill")}
     for folder in folders.values():
         os.makedirs(folder, exist_ok=True)
     return {
@@ -128,4 +141,5 @@ def write_tiny_models(models_dir: str) -> dict[str, str]:
         "controlnet": write_tiny_controlnet(os.path.join(folders["controlnet"], CONTROLNET)),
         "lora": write_tiny_lora(os.path.join(folders["loras"], LORA)),
         "kosmos_g": write_tiny_kosmosg(folders["kosmos_g"]),
+        **{f"gill_{k}": v for k, v in write_tiny_gill_folders(folders["gill"]).items()},
     }

@@ -1,0 +1,271 @@
+"""GILL nodes: load, encode to CONDITIONING, write text (with image slots), retrieve images.
+
+GILL's own negative is SD's CLIP encoding of "" (a CLIPTextEncode with empty text), so the
+encoder gives only the positive side. Node IDs are stable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import comfy.model_management as mm
+import folder_paths
+import numpy as np
+import torch
+
+from ..kosmosg_core.errors import CheckpointError
+from ..kosmosg_core.gill import load_gill
+from ..kosmosg_core.gill.checkpoint import ARGS_FILE, CHECKPOINT_FILE
+from ..kosmosg_core.gill.retrieval import RetrievalIndex
+from ..kosmosg_core.image_processing import load_image_file
+from .comfy_runtime import (
+    as_conditioning,
+    managed,
+    model_folders,
+    per_layer,
+    progress_callback,
+    register_model_folder,
+    resolve_devices,
+    resolve_dtype,
+)
+
+MODEL_FOLDER = "gill"
+CATEGORY = "conditioning/gill"
+MAX_IMAGE_SOCKETS = 4
+register_model_folder(MODEL_FOLDER)
+
+
+def _config_type(folder: str) -> str | None:
+    try:
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as handle:
+            return json.load(handle).get("model_type")
+    except (OSError, ValueError):
+        return None
+
+
+def gill_subfolders(kind: str) -> list[str]:
+    """Folders under models/gill (two levels deep) that hold a release, an OPT or a CLIP model."""
+    found = set()
+    for root in model_folders(MODEL_FOLDER):
+        if not os.path.isdir(root):
+            continue
+        for dirpath, dirnames, _ in os.walk(root):
+            depth = os.path.relpath(dirpath, root).count(os.sep)
+            if depth >= 2:
+                dirnames[:] = []
+            if dirpath == root:
+                continue
+            name = os.path.relpath(dirpath, root)
+            if kind == "release" and os.path.isfile(os.path.join(dirpath, CHECKPOINT_FILE)):
+                found.add(name)
+            elif kind == "llm" and _config_type(dirpath) == "opt":
+                found.add(name)
+            elif kind == "vision" and _config_type(dirpath) in ("clip", "clip_vision_model"):
+                found.add(name)
+    return sorted(found)
+
+
+def resolve_subfolder(name: str, what: str) -> str:
+    for root in model_folders(MODEL_FOLDER):
+        candidate = os.path.join(root, name)
+        if os.path.isdir(candidate):
+            return candidate
+    raise CheckpointError(
+        f"{what} folder {name!r} is not in the gill model folder(s): {'; '.join(model_folders(MODEL_FOLDER))}. "
+        "GILL needs its release folder (pretrained_ckpt.pth.tar, model_args.json, decision_model.pth.tar), "
+        "an OPT folder (facebook/opt-6.7b) and a CLIP folder (openai/clip-vit-large-patch14) there."
+    )
+
+
+class GILLRuntime:
+    """What flows through a ``GILL`` socket: the model and the ModelPatcher ComfyUI manages."""
+
+    def __init__(self, gill, load_device, offload_device, quantized: bool):
+        self.gill = gill
+        self.patcher = None if quantized else managed(gill.modules(), load_device, offload_device)
+
+    def ready(self):
+        if self.patcher is not None:
+            mm.load_models_gpu([self.patcher], memory_required=256 << 20, force_full_load=True)
+        return self.gill
+
+
+def _images(sockets: dict, more) -> list[torch.Tensor]:
+    frames = [f for i in range(1, MAX_IMAGE_SOCKETS + 1) if sockets.get(f"image_{i}") is not None for f in sockets[f"image_{i}"]]
+    return frames + list(more or [])
+
+
+def _image_inputs() -> dict:
+    optional = {f"image_{i}": ("IMAGE", {"tooltip": "A batch counts as several images."}) for i in range(1, MAX_IMAGE_SOCKETS + 1)}
+    optional["more_images"] = ("KOSMOSG_IMAGES", {"tooltip": "Images collected with KosmosG Image List."})
+    return optional
+
+
+def _decision_text(slot) -> str:
+    if slot.decision is None:
+        return f"unknown ({slot.decision_note})"
+    p_gen, p_ret = slot.decision[0].tolist()
+    return f"{slot.choice} (generate {p_gen:.3f}, retrieve {p_ret:.3f})"
+
+
+class GILLLoader:
+    DESCRIPTION = "Loads GILL: its release folder, the OPT LLM folder and the CLIP folder, all under models/gill."
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("GILL",)
+    RETURN_NAMES = ("gill",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "release": (gill_subfolders("release"), {"tooltip": "Folder with pretrained_ckpt.pth.tar and model_args.json."}),
+                "llm": (gill_subfolders("llm"), {"tooltip": "OPT folder (facebook/opt-6.7b)."}),
+                "vision": (gill_subfolders("vision"), {"tooltip": "CLIP folder (openai/clip-vit-large-patch14)."}),
+                "dtype": (["auto", "fp16", "bf16", "fp32"], {"default": "auto"}),
+                "quantization": (["none", "8bit", "4bit"], {
+                    "default": "none", "tooltip": "8/4-bit LLM weights through bitsandbytes (CUDA only); stays on the GPU."}),
+                "device": (["auto", "gpu", "cpu"], {"default": "auto"}),
+            }
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, release, llm, vision):
+        try:
+            for name, what in ((release, "release"), (llm, "LLM"), (vision, "vision")):
+                resolve_subfolder(name, what)
+        except CheckpointError as exc:
+            return str(exc)
+        return True
+
+    def load(self, release, llm, vision, dtype, quantization, device):
+        load_device, offload_device = resolve_devices(device)
+        quantized = quantization != "none"
+        gill = load_gill(resolve_subfolder(release, "release"), resolve_subfolder(llm, "LLM"),
+                         resolve_subfolder(vision, "vision"), dtype=resolve_dtype(dtype, load_device),
+                         device=load_device if quantized else offload_device, quantization=quantization)
+        return (GILLRuntime(gill, load_device, offload_device, quantized),)
+
+
+class GILLEncode:
+    DESCRIPTION = (
+        "Interleaved text and images -> SD 1.5 conditioning from GILL's 8 [IMG] tokens. Use a CLIPTextEncode "
+        "of empty text as the negative (GILL's own unconditional side). Also says whether GILL would "
+        "generate or retrieve this image."
+    )
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("CONDITIONING", "STRING")
+    RETURN_NAMES = ("positive", "decision")
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {"gill": ("GILL",), "prompt": ("STRING", {"multiline": True, "default": "<i> at night"})},
+            "optional": _image_inputs(),
+        }
+
+    def encode(self, gill: GILLRuntime, prompt: str, more_images=None, **sockets):
+        model = gill.ready()
+        with per_layer(list(model.lm.model.decoder.layers), progress_callback()):
+            slot, _ = model.encode(prompt, _images(sockets, more_images))
+        return (as_conditioning(slot.cond), _decision_text(slot))
+
+
+class GILLGenerateText:
+    DESCRIPTION = (
+        "GILL writes text after the prompt (dialogue: 'Q: ...\\nA:'; captions: '<i> A picture of'). When it "
+        "writes an image, the conditioning and the generate/retrieve decision are for that image; otherwise for "
+        "an image placed right after its text. Image slots show as <i> in the text."
+    )
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("STRING", "CONDITIONING", "STRING")
+    RETURN_NAMES = ("text", "image_conditioning", "decision")
+    FUNCTION = "generate"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "gill": ("GILL",),
+                "prompt": ("STRING", {"multiline": True, "default": "Q: Can you show me a picture of a sunset?\nA:"}),
+                "max_new_tokens": ("INT", {"default": 32, "min": 1, "max": 512}),
+                "temperature": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 2.0, "step": 0.05, "tooltip": "0 = greedy"}),
+                "top_p": ("FLOAT", {"default": 1.0, "min": 0.05, "max": 1.0, "step": 0.05}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF}),
+                "image_scale": ("FLOAT", {"default": 1.3, "min": 1.0, "max": 1e5, "step": 0.1,
+                                          "tooltip": "Scales the [IMG0] logit (official ret_scale_factor); higher = more images."}),
+                "min_word_tokens": ("INT", {"default": 0, "min": 0, "max": 512}),
+            },
+            "optional": _image_inputs(),
+        }
+
+    def generate(self, gill: GILLRuntime, prompt, max_new_tokens, temperature, top_p, seed, image_scale,
+                 min_word_tokens, more_images=None, **sockets):
+        model = gill.ready()
+        images = _images(sockets, more_images)
+        result = model.generate(prompt, images, max_new_tokens, temperature=temperature,
+                                top_p=top_p if temperature > 0 else 1.0, min_word_tokens=min_word_tokens,
+                                ret_scale=image_scale, seed=seed, callback=progress_callback())
+        if result.slots:
+            slot, decision = result.slots[0], _decision_text(result.slots[0])
+        else:
+            slot, _ = model.encode(prompt + result.text, images)
+            decision = "no image written; conditioning for an image after the text: " + _decision_text(slot)
+        return (result.text, as_conditioning(slot.cond), decision)
+
+
+class GILLRetrieve:
+    DESCRIPTION = (
+        "Finds the image of a retrieval index (built with `python -m kosmosg_core gill-index build FOLDER`) that "
+        "GILL finds closest to the prompt; returns it and the top matches with their scores."
+    )
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("IMAGE", "STRING")
+    RETURN_NAMES = ("image", "matches")
+    FUNCTION = "retrieve"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "gill": ("GILL",),
+                "index": (folder_paths.get_filename_list(MODEL_FOLDER), {"tooltip": "A .safetensors retrieval index in models/gill."}),
+                "prompt": ("STRING", {"multiline": True, "default": "a dog running on the beach"}),
+                "top_k": ("INT", {"default": 3, "min": 1, "max": 100}),
+            },
+            "optional": _image_inputs(),
+        }
+
+    def retrieve(self, gill: GILLRuntime, index, prompt, top_k, more_images=None, **sockets):
+        path = folder_paths.get_full_path(MODEL_FOLDER, index)
+        if path is None:
+            raise CheckpointError(f"retrieval index {index!r} is not in {'; '.join(model_folders(MODEL_FOLDER))}.")
+        table = RetrievalIndex.load(path)
+        model = gill.ready()
+        slot, _ = model.encode(prompt, _images(sockets, more_images))
+        hits = table.search(slot.ret_emb, model.heads.logit_scale, top_k)
+        local = [p for p, _ in hits if os.path.isfile(p)]
+        if not local:
+            raise CheckpointError(
+                f"none of the top matches is a local file (e.g. {hits[0][0]}); indexes imported from the official "
+                "CC3M embeddings hold URLs. Build an index from a local folder for this node."
+            )
+        pixels = np.asarray(load_image_file(local[0]), dtype=np.float32) / 255.0
+        matches = "\n".join(f"{score:.3f}  {p}" for p, score in hits)
+        return (torch.from_numpy(pixels)[None], matches)
+
+
+NODE_CLASS_MAPPINGS = {
+    "GILLLoader": GILLLoader,
+    "GILLEncode": GILLEncode,
+    "GILLGenerateText": GILLGenerateText,
+    "GILLRetrieve": GILLRetrieve,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "GILLLoader": "GILL Loader",
+    "GILLEncode": "GILL Encode",
+    "GILLGenerateText": "GILL Generate Text",
+    "GILLRetrieve": "GILL Retrieve Image",
+}
