@@ -34,7 +34,7 @@ def _present(folder_paths, folder: str, name: str) -> bool:
     if folder_paths.get_full_path(folder, name) is not None:
         return True
     return any(os.path.isdir(os.path.join(root, name)) for root in folder_paths.get_folder_paths(folder))
-SMOKE_BANNER = "OFFLINE SMOKE RUN: tiny random weights; the image is noise, not Kosmos-G output."
+SMOKE_BANNER = "OFFLINE SMOKE RUN: tiny random weights; the image is noise, not real model output."
 
 
 def load_workflow(path: str, node_classes) -> dict:
