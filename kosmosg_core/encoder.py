@@ -8,19 +8,18 @@ batch through the vision tower at once, and computes the null embedding once per
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from .errors import PromptError
+from .hooks import LayerCallback, per_layer
 from .image_processing import as_pil_images, preprocess_images
 from .modeling_kosmosg import KosmosGModel
 from .prompt import PromptLayout, build_layout, build_negative_tokens
 from .tokenizer import KosmosGTokenizer
 
-LayerCallback = Callable[[int, int], None]  # (layers done, layers total)
 
 
 @dataclass
@@ -112,25 +111,9 @@ class KosmosGEncoder:
             self._null, self._null_key = (out.mllm_hidden, out.aligned), key
         return self._null
 
-    @contextmanager
     def layer_callback(self, callback: LayerCallback | None):
         """Call ``callback(done, total)`` before every transformer layer (progress, interrupts)."""
-        if callback is None:
-            yield
-            return
-        layers = self.model.layers()
-        state = {"done": 0}
-
-        def hook(_module, _args):
-            callback(state["done"], len(layers))
-            state["done"] += 1
-
-        handles = [layer.register_forward_pre_hook(hook) for layer in layers]
-        try:
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
+        return per_layer(self.model.layers(), callback)
 
     def encode_batch(
         self,

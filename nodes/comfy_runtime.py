@@ -9,7 +9,6 @@ afterwards like any other model.
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 
 import comfy.model_management as mm
 import comfy.model_patcher
@@ -98,23 +97,6 @@ def as_conditioning(embeds: torch.Tensor) -> list:
         tokens = row.unsqueeze(0).float().to(device)
         result.append([tokens, {"pooled_output": torch.zeros(1, tokens.shape[-1], device=device)}])
     return result
-
-
-@contextmanager
-def per_layer(layers: list[torch.nn.Module], callback):
-    """Calls ``callback(done, total)`` before each layer runs (progress and Cancel for any model)."""
-    state = {"done": 0}
-
-    def hook(_module, _args):
-        callback(state["done"], len(layers))
-        state["done"] += 1
-
-    handles = [layer.register_forward_pre_hook(hook) for layer in layers]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def managed(modules: list[torch.nn.Module], load_device, offload_device):

@@ -18,12 +18,12 @@ from ..kosmosg_core.errors import CheckpointError
 from ..kosmosg_core.gill import load_gill
 from ..kosmosg_core.gill.checkpoint import ARGS_FILE, CHECKPOINT_FILE
 from ..kosmosg_core.gill.retrieval import RetrievalIndex
+from ..kosmosg_core.hooks import per_layer
 from ..kosmosg_core.image_processing import load_image_file
 from .comfy_runtime import (
     as_conditioning,
     managed,
     model_folders,
-    per_layer,
     progress_callback,
     register_model_folder,
     resolve_devices,
