@@ -1,0 +1,82 @@
+"""Kosmos-G pieces the three stage scripts share: loading, differentiable encoding, export."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from kosmosg_core.checkpoint import DICT_TENSOR, SPM_TENSOR, CONVERTED_FORMAT, official_key, open_checkpoint
+from kosmosg_core.convert import write_safetensors
+from kosmosg_core.image_processing import preprocess_images
+from kosmosg_core.loading import build_model, resolve_tokenizer
+from kosmosg_core.prompt import build_layout
+
+PAD = 1
+
+
+def load_kosmosg_for_training(init: str, tokenizer: str | None = None):
+    """(model, tokenizer) from any Kosmos-G checkpoint (official .pt or converted), fp32, train-ready."""
+    checkpoint = open_checkpoint(init)
+    tok = resolve_tokenizer(checkpoint, tokenizer)
+    model = build_model(checkpoint, torch.float32)
+    checkpoint.close()
+    return model.train(), tok
+
+
+def set_trainable(model, stage: str) -> None:
+    """Stage 1/3: MLLM, connector, last ViT block and ln_post; stage 2: AlignerNet only (M and N)."""
+    model.requires_grad_(False)
+    if stage == "align":
+        model.aligner.requires_grad_(True)
+        return
+    model.text_model.requires_grad_(True)
+    model.image_to_text_projection.requires_grad_(True)
+    vision = model.vision_model.model
+    vision.encoder.layers[-1].requires_grad_(True)
+    vision.post_layernorm.requires_grad_(True)
+    if stage == "instruct" and model.aligner is not None:
+        model.aligner.encoder_proj.requires_grad_(True)
+        model.aligner.encoder.requires_grad_(True)
+        model.aligner.encoder_query.requires_grad_(True)
+
+
+def pad_batch(sequences: list[list[int]], masks: list[list[int]] | None = None):
+    width = max(len(s) for s in sequences)
+    tokens = torch.full((len(sequences), width), PAD, dtype=torch.long)
+    image_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        tokens[row, : len(seq)] = torch.tensor(seq)
+        if masks is not None:
+            image_mask[row, : len(seq)] = torch.tensor(masks[row])
+    return tokens, image_mask
+
+
+def encode_prompts(model, tokenizer, prompts: list[str], images: list[list], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Differentiable MLLM pass: (final-LN hidden states (B, T, D), token ids (B, T))."""
+    config = model.config
+    layouts = [build_layout(tokenizer, p, len(imgs), config.latent_queries) for p, imgs in zip(prompts, images)]
+    ordered = [imgs[i] for layout, imgs in zip(layouts, images) for i in layout.image_order]
+    tokens, image_mask = pad_batch([l.tokens for l in layouts], [l.image_mask for l in layouts])
+    embeds = None
+    if ordered:
+        pixels = preprocess_images(ordered, config.image_size).to(device=device, dtype=torch.float32)
+        embeds = model.encode_images(pixels)
+    hidden = model.mllm_hidden_states(tokens.to(device), embeds, image_mask.to(device))
+    return hidden, tokens.to(device)
+
+
+def export_kosmosg(state_dict: dict, tokenizer, path: str, kind: str, prefix: str = "kosmos.") -> str:
+    """Our converted safetensors (official key names, tokenizer inside): kosmosg_core and the
+    ComfyUI loader read it directly. fp16 like the release. ``state_dict`` is the training
+    module's full state dict; only keys under ``prefix`` (the Kosmos-G model) are kept."""
+    state = {official_key(k[len(prefix):]): v.detach().to(torch.float16).contiguous().cpu()
+             for k, v in state_dict.items() if k.startswith(prefix)}
+    state["tokenizer.sentencepiece_model"] = torch.from_numpy(np.frombuffer(tokenizer.spm_model_bytes, np.uint8).copy())
+    state["tokenizer.dict_txt"] = torch.from_numpy(np.frombuffer(tokenizer.dict_txt.encode(), np.uint8).copy())
+    assert SPM_TENSOR in state and DICT_TENSOR in state
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_safetensors(path, {k: tuple(v.shape) for k, v in state.items()}, {k: v.dtype for k, v in state.items()},
+                      state.__getitem__, {"format": CONVERTED_FORMAT, "kind": kind, "source": "training"})
+    return path
