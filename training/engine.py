@@ -92,7 +92,12 @@ class Trainer:
         self.args, self.dataset, self.after_step = args, dataset, after_step
         # images, entity crops or null conditions are absent from some batches: unused parameters are normal
         handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]
-        self.accelerator = Accelerator(mixed_precision=args.mixed_precision, kwargs_handlers=handlers)
+        # cpu=True when there is no GPU: that is what makes torchrun/gloo runs multi-process on CPU
+        self.accelerator = Accelerator(mixed_precision=args.mixed_precision, kwargs_handlers=handlers,
+                                       cpu=not torch.cuda.is_available(),
+                                       # our schedule counts optimizer steps of the global batch, whatever
+                                       # the process count (Accelerate would step it once per process)
+                                       step_scheduler_with_optimizer=False)
         self.world = self.accelerator.num_processes
         self.global_batch = args.batch_size * self.world * args.grad_accum
         if len(dataset) < self.global_batch:

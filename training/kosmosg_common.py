@@ -42,8 +42,11 @@ def set_trainable(model, stage: str) -> None:
         model.aligner.encoder_query.requires_grad_(True)
 
 
-def pad_batch(sequences: list[list[int]], masks: list[list[int]] | None = None):
-    width = max(len(s) for s in sequences)
+def pad_batch(sequences: list[list[int]], masks: list[list[int]] | None = None, pad_to: int | None = None):
+    if pad_to is not None:
+        sequences = [s[:pad_to] for s in sequences]
+        masks = None if masks is None else [m[:pad_to] for m in masks]
+    width = pad_to or max(len(s) for s in sequences)
     tokens = torch.full((len(sequences), width), PAD, dtype=torch.long)
     image_mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for row, seq in enumerate(sequences):
@@ -53,12 +56,13 @@ def pad_batch(sequences: list[list[int]], masks: list[list[int]] | None = None):
     return tokens, image_mask
 
 
-def encode_prompts(model, tokenizer, prompts: list[str], images: list[list], device) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_prompts(model, tokenizer, prompts: list[str], images: list[list], device,
+                   pad_to: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Differentiable MLLM pass: (final-LN hidden states (B, T, D), token ids (B, T))."""
     config = model.config
     layouts = [build_layout(tokenizer, p, len(imgs), config.latent_queries) for p, imgs in zip(prompts, images)]
     ordered = [imgs[i] for layout, imgs in zip(layouts, images) for i in layout.image_order]
-    tokens, image_mask = pad_batch([l.tokens for l in layouts], [l.image_mask for l in layouts])
+    tokens, image_mask = pad_batch([l.tokens for l in layouts], [l.image_mask for l in layouts], pad_to)
     embeds = None
     if ordered:
         pixels = preprocess_images(ordered, config.image_size).to(device=device, dtype=torch.float32)

@@ -5,7 +5,11 @@
         --data shards/ --output-dir runs/align
 
 Loss (official): ``L = mean((M(s) - CLIP(caption).last_hidden_state)^2) + mean((N(M(s)) - s)^2) * 77 / T``
-with ``s`` the frozen MLLM's final-LN states of ``<s> caption``, CLIP over all 77 positions.
+with ``s`` the frozen MLLM's final-LN states of ``<s> caption``, CLIP over all 77 positions. The
+reconstruction runs over all T positions, padding included (official), so every sequence is
+padded to the same T = 1 + ``--caption-tokens`` (85, the official filter in aligning mode):
+otherwise a caption's loss would depend on the longest caption it is batched with, and 1 and N
+processes would train differently. Longer captions are cut (officially they are dropped).
 
 The teacher is any transformers CLIP text model. SD 1.5's (768 wide) reproduces the paper.
 Another teacher, e.g. SD 2.x's OpenCLIP-H (1024 wide), gives an AlignerNet whose 77 x 1024
@@ -50,8 +54,9 @@ def new_aligner(mllm_width: int, teacher, layers: int, positions: int) -> Aligne
 class AlignModel(torch.nn.Module):
     """MLLM (frozen) + AlignerNet (trained) + CLIP teacher (frozen); ``forward(batch)`` gives the losses."""
 
-    def __init__(self, kosmos, tokenizer, teacher, teacher_tokenizer):
+    def __init__(self, kosmos, tokenizer, teacher, teacher_tokenizer, caption_tokens: int):
         super().__init__()
+        self.caption_tokens = caption_tokens
         self.kosmos, self.teacher = kosmos, teacher
         self.tokenizer, self.teacher_tokenizer = tokenizer, teacher_tokenizer
 
@@ -60,7 +65,8 @@ class AlignModel(torch.nn.Module):
         device = self.kosmos.aligner.encoder_query.device
         queries = self.kosmos.aligner.config.num_queries
         with torch.no_grad():
-            hidden, tokens = encode_prompts(self.kosmos, self.tokenizer, captions, [[] for _ in captions], device)
+            hidden, tokens = encode_prompts(self.kosmos, self.tokenizer, captions, [[] for _ in captions], device,
+                                            pad_to=self.caption_tokens)
             ids = self.teacher_tokenizer(captions, padding="max_length", max_length=queries, truncation=True,
                                          return_tensors="pt").input_ids.to(device)
             target = self.teacher(input_ids=ids).last_hidden_state
@@ -79,6 +85,8 @@ def main(argv=None) -> int:
     parser.add_argument("--teacher", required=True, help="transformers CLIPTextModel folder (SD's text_encoder)")
     parser.add_argument("--teacher-tokenizer", help="its tokenizer folder (default: --teacher)")
     parser.add_argument("--data", required=True, help="shard folder (caption samples)")
+    parser.add_argument("--caption-tokens", type=int, default=85,
+                        help="captions are cut to this many tokens and every sequence is padded to 1 + this")
     parser.add_argument("--aligner-layers", type=int, default=12)
     parser.add_argument("--aligner-positions", type=int, default=32768)
     args = add_common_args(parser).parse_args(argv)
@@ -91,7 +99,7 @@ def main(argv=None) -> int:
         kosmos.aligner = new_aligner(kosmos.config.text_dim, teacher, args.aligner_layers, args.aligner_positions)
         kosmos.config = type(kosmos.config)(**{**kosmos.config.__dict__, "aligner": kosmos.aligner.config})
     set_trainable(kosmos, "align")
-    model = AlignModel(kosmos, tokenizer, teacher, teacher_tokenizer)
+    model = AlignModel(kosmos, tokenizer, teacher, teacher_tokenizer, args.caption_tokens + 1)
     trainer = Trainer(args, model, ShardDataset(args.data))
     trainer.run()
     state = trainer.full_state_dict()
