@@ -175,3 +175,44 @@ def test_gill_training_learns_and_its_release_loads(assets, tiny_gill_dirs, tmp_
     assert not torch.allclose(a.cond, b.cond)  # the trained heads are what loads
     rows = trained.lm.get_input_embeddings().weight[trained.img_token_ids].float().norm(dim=-1)
     assert torch.allclose(rows, rows.mean().expand_as(rows), rtol=1e-2)  # renormalised to one norm
+
+
+def test_convert_folder_and_jsonl(tmp_path):
+    from training.convert_data import main
+    from training.data import ShardDataset
+    from training_assets import image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        image(i).save(folder / f"p{i}.png")
+        (folder / f"p{i}.txt").write_text(f"photo {i}\n")
+    image(9).save(folder / "no_caption.png")
+    assert main(["--folder", str(folder), "--out", str(tmp_path / "a")]) == 0
+    data = ShardDataset(str(tmp_path / "a"))
+    assert len(data) == 3 and data[1].meta == {"kind": "caption", "caption": "photo 1"}
+    (tmp_path / "edits.jsonl").write_text(json.dumps(
+        {"kind": "edit", "input_caption": "a", "instruction": "b", "images": {"source": "photos/p0.png", "target": "photos/p1.png"}}) + "\n")
+    assert main(["--jsonl", str(tmp_path / "edits.jsonl"), "--out", str(tmp_path / "b")]) == 0
+    assert set(ShardDataset(str(tmp_path / "b"))[0].images) == {"source", "target"}
+
+
+def test_openimages_builder_with_stand_in_models():
+    import numpy as np
+
+    from training.build_openimages import clean_entities, compose_sample
+    from training_assets import image
+
+    assert clean_entities("a red dog and a dog house", ["red", "dog house", "dog", "cat"]) == ["dog house"]
+
+    def segmenter(picture, entity):
+        mask = np.zeros(picture.size[::-1], dtype=bool)
+        mask[5:20, 10:30] = True
+        return mask
+
+    meta, images = compose_sample(image(3), lambda im: "a dog next to a tree", lambda c: ["tree", "dog", "blue"],
+                                  segmenter, size=32, crop_size=16)
+    assert meta == {"kind": "composition", "caption": "a dog next to a tree", "entities": [{"name": "dog"}, {"name": "tree"}]}
+    white = np.asarray(images["crop0_white"])
+    assert images["crop0"].size == (16, 16) and (white[0] == 255).all()  # outside the mask is white
+    assert compose_sample(image(3), lambda im: "nothing", lambda c: ["dog"], segmenter) is None
