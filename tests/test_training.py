@@ -216,3 +216,19 @@ def test_openimages_builder_with_stand_in_models():
     white = np.asarray(images["crop0_white"])
     assert images["crop0"].size == (16, 16) and (white[0] == 255).all()  # outside the mask is white
     assert compose_sample(image(3), lambda im: "nothing", lambda c: ["dog"], segmenter) is None
+
+
+def test_grad_accumulation_equals_a_bigger_batch_and_bf16_checkpointing_run(assets, tmp_path):
+    from training.stage2_align import main as stage2
+
+    common = ["--data", assets["captions"], "--max-steps", "2", "--save-every", "2", "--lr", "1e-3"]
+    stage2(stage2_args(assets, tmp_path / "big", *common, "--batch-size", "4"))
+    stage2(stage2_args(assets, tmp_path / "accum", *common, "--batch-size", "2", "--grad-accum", "2"))
+    a, b = (load_file(tmp_path / run / "step-2" / "model.safetensors") for run in ("big", "accum"))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
+    out = tmp_path / "bf16"  # a fresh process: Accelerate fixes the precision once per process
+    done = launch(1, "training.stage1_mllm", ["--init", assets["init"], "--data", assets["captions"], "--batch-size", "2",
+                                              "--max-steps", "2", "--mixed-precision", "bf16", "--gradient-checkpointing",
+                                              "--log-every", "1", "--output-dir", str(out)])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses(out))
