@@ -137,18 +137,19 @@ def normalize(image: Image.Image) -> np.ndarray:
     return (pixels - mean) / std
 
 
-def clip_processor_pixels(images, size: int, mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:
-    """(N, 3, size, size) float32 as transformers' ``CLIPImageProcessor`` (Pillow backend) makes them
-    for GILL: same resize, floored crop, ``x * (1/255)`` in float64 cast to float32, then
-    float32 ``(x - mean) / std``."""
+def clip_processor_pixels(images, size: int, mean=CLIP_MEAN, std=CLIP_STD, crop: int | None = None) -> torch.Tensor:
+    """(N, 3, crop, crop) float32 as transformers' ``CLIPImageProcessor`` (Pillow backend) makes them
+    for GILL: shorter side to ``size``, floored centre crop to ``crop`` (default ``size``),
+    ``x * (1/255)`` in float64 cast to float32, then float32 ``(x - mean) / std``."""
+    crop = crop or size
     arrays = []
     for image in as_pil_images(images):
-        cropped = center_crop(resize_bicubic(image, size), size, floor=True)
+        cropped = center_crop(resize_bicubic(image, size), crop, floor=True)
         pixels = (np.asarray(cropped) * (1 / 255)).astype(np.float32)
         pixels = (pixels - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
         arrays.append(pixels.transpose(2, 0, 1))
     if not arrays:
-        return torch.zeros(0, 3, size, size)
+        return torch.zeros(0, 3, crop, crop)
     return torch.from_numpy(np.stack(arrays))
 
 

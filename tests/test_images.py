@@ -55,3 +55,11 @@ def test_resize_and_crop_rules():
     assert resized_size(56, 300, 56) == (56, 300)
     image = Image.new("RGB", (56, 103))
     assert center_crop(image, 56).size == (56, 56)
+
+
+def test_gill_processor_resizes_then_crops_to_the_tower_size():
+    from kosmosg_core.image_processing import clip_processor_pixels
+
+    picture = Image.new("RGB", (97, 61), (10, 200, 30))
+    assert clip_processor_pixels([picture], 64, crop=56).shape == (1, 3, 56, 56)
+    assert clip_processor_pixels([picture], 56).shape == (1, 3, 56, 56)

@@ -54,13 +54,19 @@ def quantization_config(mode: str):
     raise ValueError(f"quantization must be none, 8bit or 4bit, got {mode!r}")
 
 
-def _pixel_stats(vision_dir: str):
+def _processor_settings(vision_dir: str, image_size: int) -> dict:
+    """Resize (shortest edge), mean and std from ``preprocessor_config.json`` when present; the crop
+    is always the vision tower's input size."""
+    settings = {"size": image_size, "mean": CLIP_MEAN, "std": CLIP_STD}
     path = os.path.join(vision_dir, "preprocessor_config.json")
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as handle:
             config = json.load(handle)
-        return tuple(config.get("image_mean", CLIP_MEAN)), tuple(config.get("image_std", CLIP_STD))
-    return CLIP_MEAN, CLIP_STD
+        size = config.get("size", image_size)
+        settings["size"] = int(size.get("shortest_edge", image_size) if isinstance(size, dict) else size)
+        settings["mean"] = tuple(config.get("image_mean", CLIP_MEAN))
+        settings["std"] = tuple(config.get("image_std", CLIP_STD))
+    return settings
 
 
 def load_gill(checkpoint_dir: str, llm_dir: str, vision_dir: str, dtype="fp32", device="cpu",
@@ -101,11 +107,13 @@ def load_gill(checkpoint_dir: str, llm_dir: str, vision_dir: str, dtype="fp32", 
     if missing:
         raise CheckpointError(f"{checkpoint_dir}: the GILL checkpoint lacks {', '.join(missing[:4])}; it is incomplete.")
     decision, note = read_decision_model(checkpoint_dir, config.llm_dim)
-    mean, std = _pixel_stats(vision_dir)
+    image_size = vision_config.get("image_size", 224)
+    pixels = _processor_settings(vision_dir, image_size)
     modules = [heads, vision] + ([decision] if decision is not None else [])
     for module in modules:
         module.to(device).eval().requires_grad_(False)
     if not quant:
         lm.to(device)
     lm.eval().requires_grad_(False)
-    return GILL(tokenizer, lm, vision, heads, img_ids, vision_config.get("image_size", 224), decision, note, mean, std)
+    return GILL(tokenizer, lm, vision, heads, img_ids, image_size, decision, note, pixels["mean"], pixels["std"],
+                resize=pixels["size"])

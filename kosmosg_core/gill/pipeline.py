@@ -54,10 +54,12 @@ class Generation:
 
 class GILL:
     def __init__(self, tokenizer, lm, vision, heads: GILLHeads, img_token_ids: list[int], image_size: int,
-                 decision: DecisionModel | None = None, decision_note: str = "", pixel_mean=None, pixel_std=None):
+                 decision: DecisionModel | None = None, decision_note: str = "", pixel_mean=None, pixel_std=None,
+                 resize: int | None = None):
         self.tokenizer, self.lm, self.vision, self.heads = tokenizer, lm, vision, heads
         self.img_token_ids = img_token_ids
-        self.image_size = image_size
+        self.image_size = image_size  # the vision tower's input (the crop)
+        self.resize = resize or image_size  # the processor's shortest edge before cropping
         self.decision_model, self.decision_note = decision, decision_note
         self.pixel_stats = (pixel_mean, pixel_std)
         self.index = None  # a RetrievalIndex, for retrieval and the legacy decision model
@@ -83,7 +85,7 @@ class GILL:
         """CLIP ``pooler_output`` (post-LN CLS, before the projection) for each image."""
         mean, std = self.pixel_stats
         kwargs = {"mean": mean, "std": std} if mean is not None else {}
-        pixels = clip_processor_pixels(images, self.image_size, **kwargs)
+        pixels = clip_processor_pixels(images, self.resize, crop=self.image_size, **kwargs)
         vision_dtype = next(self.vision.parameters()).dtype
         return self.vision(pixel_values=pixels.to(self.device, vision_dtype)).pooler_output.to(self.dtype)
 
