@@ -85,6 +85,28 @@ def progress_callback(total_hint: int | None = None):
     return callback
 
 
+MAX_IMAGE_SOCKETS = 4
+
+
+def image_inputs() -> dict:
+    """Optional ``image_1..4`` sockets (a batch counts as several images) and ``more_images``."""
+    optional = {f"image_{i}": ("IMAGE", {"tooltip": "A batch counts as several images, in batch order."})
+                for i in range(1, MAX_IMAGE_SOCKETS + 1)}
+    optional["more_images"] = ("KOSMOSG_IMAGES", {"tooltip": "Images collected with KosmosG Image List."})
+    return optional
+
+
+def frames(images: torch.Tensor | None) -> list[torch.Tensor]:
+    """A [B,H,W,C] IMAGE batch is B separate images."""
+    return [] if images is None else list(images)
+
+
+def collect_images(sockets: dict, more_images=None) -> list[torch.Tensor]:
+    """Images in prompt order: image_1's batch, image_2, ..., then ``more_images``."""
+    found = [f for i in range(1, MAX_IMAGE_SOCKETS + 1) for f in frames(sockets.get(f"image_{i}"))]
+    return found + list(more_images or [])
+
+
 def as_conditioning(embeds: torch.Tensor) -> list:
     """One CONDITIONING entry per row: float32 on the intermediate device, zero ``pooled_output``.
 

@@ -16,12 +16,14 @@ import torch
 
 from ..kosmosg_core.errors import CheckpointError
 from ..kosmosg_core.gill import load_gill
-from ..kosmosg_core.gill.checkpoint import ARGS_FILE, CHECKPOINT_FILE
+from ..kosmosg_core.gill.checkpoint import CHECKPOINT_FILE
 from ..kosmosg_core.gill.retrieval import RetrievalIndex
 from ..kosmosg_core.hooks import per_layer
 from ..kosmosg_core.image_processing import load_image_file
 from .comfy_runtime import (
     as_conditioning,
+    collect_images,
+    image_inputs,
     managed,
     model_folders,
     progress_callback,
@@ -32,7 +34,6 @@ from .comfy_runtime import (
 
 MODEL_FOLDER = "gill"
 CATEGORY = "conditioning/gill"
-MAX_IMAGE_SOCKETS = 4
 register_model_folder(MODEL_FOLDER)
 
 
@@ -89,17 +90,6 @@ class GILLRuntime:
         if self.patcher is not None:
             mm.load_models_gpu([self.patcher], memory_required=256 << 20, force_full_load=True)
         return self.gill
-
-
-def _images(sockets: dict, more) -> list[torch.Tensor]:
-    frames = [f for i in range(1, MAX_IMAGE_SOCKETS + 1) if sockets.get(f"image_{i}") is not None for f in sockets[f"image_{i}"]]
-    return frames + list(more or [])
-
-
-def _image_inputs() -> dict:
-    optional = {f"image_{i}": ("IMAGE", {"tooltip": "A batch counts as several images."}) for i in range(1, MAX_IMAGE_SOCKETS + 1)}
-    optional["more_images"] = ("KOSMOSG_IMAGES", {"tooltip": "Images collected with KosmosG Image List."})
-    return optional
 
 
 def _decision_text(slot) -> str:
@@ -163,13 +153,13 @@ class GILLEncode:
     def INPUT_TYPES(cls):
         return {
             "required": {"gill": ("GILL",), "prompt": ("STRING", {"multiline": True, "default": "<i> at night"})},
-            "optional": _image_inputs(),
+            "optional": image_inputs(),
         }
 
     def encode(self, gill: GILLRuntime, prompt: str, more_images=None, **sockets):
         model = gill.ready()
         with per_layer(list(model.lm.model.decoder.layers), progress_callback()):
-            slot, _ = model.encode(prompt, _images(sockets, more_images))
+            slot, _ = model.encode(prompt, collect_images(sockets, more_images))
         return (as_conditioning(slot.cond), _decision_text(slot))
 
 
@@ -198,13 +188,13 @@ class GILLGenerateText:
                                           "tooltip": "Scales the [IMG0] logit (official ret_scale_factor); higher = more images."}),
                 "min_word_tokens": ("INT", {"default": 0, "min": 0, "max": 512}),
             },
-            "optional": _image_inputs(),
+            "optional": image_inputs(),
         }
 
     def generate(self, gill: GILLRuntime, prompt, max_new_tokens, temperature, top_p, seed, image_scale,
                  min_word_tokens, more_images=None, **sockets):
         model = gill.ready()
-        images = _images(sockets, more_images)
+        images = collect_images(sockets, more_images)
         result = model.generate(prompt, images, max_new_tokens, temperature=temperature,
                                 top_p=top_p if temperature > 0 else 1.0, min_word_tokens=min_word_tokens,
                                 ret_scale=image_scale, seed=seed, callback=progress_callback())
@@ -235,7 +225,7 @@ class GILLRetrieve:
                 "prompt": ("STRING", {"multiline": True, "default": "a dog running on the beach"}),
                 "top_k": ("INT", {"default": 3, "min": 1, "max": 100}),
             },
-            "optional": _image_inputs(),
+            "optional": image_inputs(),
         }
 
     def retrieve(self, gill: GILLRuntime, index, prompt, top_k, more_images=None, **sockets):
@@ -244,7 +234,7 @@ class GILLRetrieve:
             raise CheckpointError(f"retrieval index {index!r} is not in {'; '.join(model_folders(MODEL_FOLDER))}.")
         table = RetrievalIndex.load(path)
         model = gill.ready()
-        slot, _ = model.encode(prompt, _images(sockets, more_images))
+        slot, _ = model.encode(prompt, collect_images(sockets, more_images))
         hits = table.search(slot.ret_emb, model.heads.logit_scale, top_k)
         local = [p for p, _ in hits if os.path.isfile(p)]
         if not local:

@@ -11,6 +11,9 @@ import torch
 from ..kosmosg_core.loading import load_kosmosg
 from .comfy_runtime import (
     KosmosGRuntime,
+    collect_images,
+    frames,
+    image_inputs,
     missing_file_message,
     model_folders,
     progress_callback,
@@ -21,7 +24,6 @@ from .comfy_runtime import (
 
 MODEL_FOLDER = "kosmos_g"
 CATEGORY = "conditioning/kosmos-g"
-MAX_IMAGE_SOCKETS = 4
 WHAT_TO_DOWNLOAD = (
     "Kosmos-G needs checkpoint_final.pt from the official release (or a file converted from it with "
     "`python -m kosmosg_core convert`), with sentencepiece.bpe.model and dict.txt beside it or in a "
@@ -74,11 +76,6 @@ class KosmosGLoader:
         return (KosmosGRuntime(encoder, load_device, offload_device),)
 
 
-def _frames(images: torch.Tensor | None) -> list[torch.Tensor]:
-    """A [B,H,W,C] IMAGE batch is B separate images."""
-    return [] if images is None else list(images)
-
-
 class KosmosGEncode:
     DESCRIPTION = (
         "Interleaved text and images -> SD 1.5 conditioning. Write <i> where each image goes (in order: "
@@ -92,11 +89,6 @@ class KosmosGEncode:
 
     @classmethod
     def INPUT_TYPES(cls):
-        optional = {
-            f"image_{i}": ("IMAGE", {"tooltip": "A batch counts as several images, in batch order."})
-            for i in range(1, MAX_IMAGE_SOCKETS + 1)
-        }
-        optional["more_images"] = ("KOSMOSG_IMAGES", {"tooltip": "Images collected with KosmosG Image List."})
         return {
             "required": {
                 "kosmos_g": ("KOSMOSG",),
@@ -105,13 +97,11 @@ class KosmosGEncode:
                 "negative": ("STRING", {"multiline": True, "default": "",
                                         "tooltip": "Optional text; empty uses Kosmos-G's null embedding."}),
             },
-            "optional": optional,
+            "optional": image_inputs(),
         }
 
     def encode(self, kosmos_g: KosmosGRuntime, prompt: str, negative: str, more_images=None, **sockets):
-        images = [f for i in range(1, MAX_IMAGE_SOCKETS + 1) for f in _frames(sockets.get(f"image_{i}"))]
-        images += list(more_images or [])
-        return kosmos_g.encode(prompt, images, negative)
+        return kosmos_g.encode(prompt, collect_images(sockets, more_images), negative)
 
 
 class KosmosGImageList:
@@ -129,7 +119,7 @@ class KosmosGImageList:
         }
 
     def collect(self, image: torch.Tensor, previous=None):
-        return (tuple(previous or ()) + tuple(_frames(image)),)
+        return (tuple(previous or ()) + tuple(frames(image)),)
 
 
 class KosmosGConcatCLIPText:

@@ -26,12 +26,16 @@ def require_shared(*parts: str) -> Path:
     return path
 
 
-def kosmosg_fixture_dirs() -> list[Path]:
-    """Every official-format Kosmos-G fixture in ../shared/fixtures (other sizes may be added)."""
+def fixture_dirs(prefix: str) -> list[Path]:
+    """Every official-format fixture named ``prefix*`` in ../shared/fixtures (other sizes may be added)."""
     root = SHARED / "fixtures"
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.name.startswith("kosmosg") and (p / "cases.json").is_file())
+    return sorted(p for p in root.iterdir() if p.name.startswith(prefix) and (p / "cases.json").is_file())
+
+
+def kosmosg_fixture_dirs() -> list[Path]:
+    return fixture_dirs("kosmosg")
 
 
 def fixture_cases() -> list[tuple[Path, dict]]:
@@ -93,10 +97,7 @@ def comfy(tmp_path_factory):
 
 
 def gill_fixture_dirs() -> list[Path]:
-    root = SHARED / "fixtures"
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if p.name.startswith("gill") and (p / "cases.json").is_file())
+    return fixture_dirs("gill")
 
 
 @pytest.fixture(scope="session")

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 
 import torch
 
 from ..checkpoint import _wrong_family
+from ..config import count_layers
 from ..errors import CheckpointError
 from ..safe_pickle import restricted_torch_load
 from .modeling import DecisionModel, GILLHeadsConfig
@@ -74,11 +74,6 @@ def read_heads_state(directory: str) -> dict[str, torch.Tensor]:
             f"{path} lacks model.{IMG_ROWS}, the [IMG] token rows GILL adds to the LLM; the file is incomplete."
         )
     return state
-
-
-def count_layers(keys, prefix: str) -> int:
-    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
-    return 1 + max((int(m.group(1)) for k in keys if (m := pattern.match(k))), default=-1)
 
 
 def heads_config(state: dict[str, torch.Tensor], args: dict) -> GILLHeadsConfig:

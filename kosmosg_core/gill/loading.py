@@ -98,10 +98,8 @@ def load_gill(checkpoint_dir: str, llm_dir: str, vision_dir: str, dtype="fp32", 
 
     with torch.device("meta"):
         heads = GILLHeads(config)
-    missing, unexpected = [], []
     try:
-        result = heads.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False, assign=True)
-        missing, unexpected = result.missing_keys, result.unexpected_keys
+        missing = heads.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False, assign=True).missing_keys
     except RuntimeError as exc:
         raise CheckpointError(f"{checkpoint_dir}: GILL weights do not fit together ({exc})") from None
     if missing:

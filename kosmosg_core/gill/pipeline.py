@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import PromptError
 from ..image_processing import as_pil_images, clip_processor_pixels
