@@ -41,8 +41,12 @@ def _takes_seed_control(name: str, kind, options: dict) -> bool:
     return kind == "INT" and (name in ("seed", "noise_seed") or bool(options.get("control_after_generate")))
 
 
-def ui_to_api(workflow: dict, node_classes: Mapping[str, type]) -> dict:
-    """Convert a UI-format workflow; ``node_classes`` is ComfyUI's ``NODE_CLASS_MAPPINGS``."""
+def ui_to_api(workflow: dict, node_classes: Mapping[str, type], display_names: Mapping[str, str] | None = None) -> dict:
+    """Convert a UI-format workflow; ``node_classes`` is ComfyUI's ``NODE_CLASS_MAPPINGS``.
+
+    ``display_names`` (``NODE_DISPLAY_NAME_MAPPINGS``) gives untitled nodes the ``_meta.title``
+    the frontend would send, so both conversions agree to the byte."""
+    display_names = display_names or {}
     if "nodes" not in workflow or "links" not in workflow:
         raise WorkflowError("not a UI-format workflow (expected 'nodes' and 'links'); API prompts need no conversion.")
     links = _links(workflow)
@@ -95,5 +99,5 @@ def ui_to_api(workflow: dict, node_classes: Mapping[str, type]) -> dict:
                     inputs[name] = source(linked[name])
                 elif widget and value is not None:
                     inputs[name] = value
-        prompt[str(node["id"])] = {"class_type": kind, "inputs": inputs, "_meta": {"title": node.get("title", kind)}}
+        prompt[str(node["id"])] = {"class_type": kind, "inputs": inputs, "_meta": {"title": node.get("title") or display_names.get(kind, kind)}}
     return prompt

@@ -46,6 +46,16 @@ def sd_graph(positive=("enc", 0), negative=("enc", 1), seed: int = 1, batch: int
     return graph
 
 
+INPUT_IMAGES = ("dog.png", "hat.png", "pose.png", "cat.png", "story_1.png", "story_2.png")
+
+
+def write_input_images(input_dir: str) -> None:
+    """The images the workflows and graphs name: random pixels, a different size each."""
+    for seed, name in enumerate(INPUT_IMAGES):
+        rng = np.random.default_rng(seed)
+        Image.fromarray(rng.integers(0, 256, (72 + 8 * seed, 88, 3), dtype=np.uint8)).save(f"{input_dir}/{name}")
+
+
 def read_images(host, result) -> list[np.ndarray]:
     paths = result.image_paths(host.output_dir)
     assert paths, f"no image written: {result.error}"

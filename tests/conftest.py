@@ -80,19 +80,14 @@ def tiny_checkpoint(tmp_path_factory, tiny_tokenizer_dir) -> Path:
 def comfy(tmp_path_factory):
     """One real ComfyUI (0.3.75 test host, or COMFYUI_PATH) booted in this process, with the pack
     loaded through ComfyUI's own custom-node loader, tiny models and input images in place."""
-    import numpy as np
-    from PIL import Image
-
+    from comfy_graphs import write_input_images
     from kosmosg_core.runner.host import ComfyHost, find_comfyui
     from kosmosg_core.runner.tiny_models import write_tiny_models
 
     base = tmp_path_factory.mktemp("comfy_base")
     host = ComfyHost(find_comfyui(), str(base), cpu=True)
     host.tiny_models = write_tiny_models(host.folder_paths.models_dir)
-    input_dir = host.folder_paths.get_input_directory()
-    for seed, name in enumerate(("dog.png", "hat.png", "pose.png", "cat.png", "story_1.png", "story_2.png")):
-        rng = np.random.default_rng(seed)
-        Image.fromarray(rng.integers(0, 256, (72 + 8 * seed, 88, 3), dtype=np.uint8)).save(os.path.join(input_dir, name))
+    write_input_images(host.folder_paths.get_input_directory())
     return host
 
 
@@ -117,3 +112,13 @@ def tiny_gill_dirs(tmp_path_factory) -> dict:
     from kosmosg_core.gill.synthetic import write_tiny_gill
 
     return write_tiny_gill(str(tmp_path_factory.mktemp("tiny_gill")))
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory, comfy):
+    """ComfyUI's real HTTP server (main.py, official frontend) with this pack in custom_nodes."""
+    from comfy_server import ComfyServer
+
+    server = ComfyServer(tmp_path_factory.mktemp("comfy_server"), comfy.folder_paths.models_dir)
+    yield server
+    server.stop()

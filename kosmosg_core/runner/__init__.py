@@ -37,10 +37,10 @@ def _present(folder_paths, folder: str, name: str) -> bool:
 SMOKE_BANNER = "OFFLINE SMOKE RUN: tiny random weights; the image is noise, not real model output."
 
 
-def load_workflow(path: str, node_classes) -> dict:
+def load_workflow(path: str, node_classes, display_names=None) -> dict:
     with open(path, encoding="utf-8") as handle:
         data = json.load(handle)
-    return ui_to_api(data, node_classes) if "nodes" in data else data
+    return ui_to_api(data, node_classes, display_names) if "nodes" in data else data
 
 
 def override(prompt: dict, steps: int | None = None, size: tuple[int, int] | None = None) -> dict:
@@ -93,7 +93,7 @@ def run_workflow(args) -> int:
     elif base is None and vendored_host and not is_own_comfyui(root):
         base = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "comfy_home")
     host = ComfyHost(root, base)
-    prompt = load_workflow(args.file, host.node_classes())
+    prompt = load_workflow(args.file, host.node_classes(), host.display_names())
     size = tuple(int(v) for v in args.size.lower().split("x")) if args.size else None
     if args.offline_smoke:
         from .tiny_models import write_tiny_models

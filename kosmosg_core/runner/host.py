@@ -163,6 +163,9 @@ class ComfyHost:
     def node_classes(self) -> dict:
         return self.nodes.NODE_CLASS_MAPPINGS
 
+    def display_names(self) -> dict:
+        return self.nodes.NODE_DISPLAY_NAME_MAPPINGS
+
     def node_output(self, node_id: str, slot: int = 0):
         """A node's output from the executor's cache (valid for nodes of the last prompt)."""
         entry = self.executor.caches.outputs.get(str(node_id))
