@@ -1,4 +1,4 @@
-"""``python -m kosmosg_core``: encode, convert, bench."""
+"""``python -m kosmosg_core``: encode, convert, bench, download."""
 
 from __future__ import annotations
 
@@ -124,7 +124,16 @@ def _workflow(args: argparse.Namespace) -> int:
     return run_workflow(args)
 
 
+def _download(args: argparse.Namespace) -> int:
+    from .download import download
+
+    download(args.model, args.dest, args.mirror)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .download import MANIFEST, MIRROR_ENV
+
     parser = argparse.ArgumentParser(prog="python -m kosmosg_core", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -195,6 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
     flow.add_argument("--steps", type=int, help="override the sampler steps")
     flow.add_argument("--size", help="override the latent size, e.g. 512x512")
     flow.set_defaults(run=_workflow)
+
+    fetch = sub.add_parser("download", help="fetch the released weights into ComfyUI's models/ (resumable, verified)")
+    fetch.add_argument("model", choices=list(MANIFEST),
+                       help="kosmos-g: checkpoint + tokenizer; gill: release + OPT-6.7B + CLIP; sd15: SD 1.5 checkpoint")
+    fetch.add_argument("--dest", metavar="DIR", help="ComfyUI's models/ folder (default: the ComfyUI around "
+                                                     "this pack, else comfy_home/models of the test host)")
+    fetch.add_argument("--mirror", metavar="URL", help=f"fetch https://HOST/PATH as MIRROR/HOST/PATH (default: ${MIRROR_ENV})")
+    fetch.set_defaults(run=_download)
     return parser
 
 

@@ -27,3 +27,7 @@ class PromptError(KosmosGError):
 
 class ImageError(KosmosGError):
     """An image could not be turned into pixels the vision tower accepts."""
+
+
+class DownloadError(KosmosGError):
+    """A download failed (offline, HTTP error, interrupted) or did not verify; a rerun resumes or retries."""
