@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import sync_playwright
 
 from conftest import REPO
 
@@ -78,12 +79,11 @@ def declared_only(prompt: dict, comfy) -> dict:
 
 @pytest.fixture(scope="module")
 def page(comfy_server):
-    sync_api = pytest.importorskip("playwright.sync_api")
     if not os.path.isfile(CHROMIUM):
         pytest.fail(f"no Chromium at {CHROMIUM}: install Debian's `chromium` or set CHROMIUM_PATH")
     status, _ = comfy_server.post("/settings", UI_SETTINGS)
     assert status == 200
-    with sync_api.sync_playwright() as playwright:
+    with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1600, "height": 900})
         page.errors = []
