@@ -138,3 +138,9 @@ def test_workflow_in_the_browser(page, comfy, comfy_server, path, tmp_path_facto
     history = comfy_server.wait(response.value.json()["prompt_id"])
     assert history["status"]["status_str"] == "success"
     assert page.errors == []
+
+
+def test_workflows_are_offered_as_templates(comfy_server):
+    """ComfyUI serves a pack's workflows/ folder in its template browser, under the folder's name."""
+    listed = comfy_server.get("/workflow_templates")["kosmos-g"]
+    assert sorted(listed) == sorted(p.stem for p in WORKFLOWS)
