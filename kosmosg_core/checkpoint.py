@@ -7,6 +7,7 @@ GILL files, a stage-1 file) by their keys, never by their names.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -150,11 +151,25 @@ class Checkpoint:
     metadata: dict[str, str] = field(default_factory=dict)
     _state: Mapping[str, torch.Tensor] | None = None
     _safe: object | None = None
+    _offsets: dict[str, int] | None = None  # safetensors: absolute byte offset of each tensor
+    source_path: str | None = None  # for a cached conversion: the official file it came from
 
     def tensor(self, key: str) -> torch.Tensor:
         if self._safe is not None:
             return self._safe.get_tensor(key)
         return self._state[key]
+
+    def read_into(self, key: str, out: torch.Tensor, reader=None) -> None:
+        """Fill the CPU tensor ``out`` (any float dtype) with ``key``, casting on the way.
+
+        From a safetensors file the bytes go straight from the file into ``out`` when the dtypes
+        agree, else through a small reused buffer (``reader``), never a whole-file mapping: peak
+        memory stays at the model's own size.
+        """
+        if self._offsets is None:
+            out.copy_(self._state[key])
+            return
+        (reader or ChunkedReader(self.path)).read(self._offsets[key], self.dtypes[key], out)
 
     def keys(self) -> list[str]:
         return list(self.shapes)
@@ -168,6 +183,10 @@ class Checkpoint:
     def items(self, keys: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
         for key in keys:
             yield key, self.tensor(key)
+
+    def reader(self) -> "ChunkedReader | None":
+        """One open reader for many ``read_into`` calls (None for pickles, which need none)."""
+        return ChunkedReader(self.path) if self._offsets is not None else None
 
     def close(self) -> None:
         self._state = None
@@ -238,6 +257,7 @@ def _open_safetensors(path: str) -> Checkpoint:
     except Exception as exc:  # safetensors raises its own SafetensorError for damaged headers
         raise CheckpointError(damaged_file_message(path, exc)) from None
     _check_safetensors_size(path, handle, keys, shapes, dtypes)
+    offsets = _safetensors_offsets(path)
     tokenizer = None
     if SPM_TENSOR in shapes and DICT_TENSOR in shapes:
         spm = handle.get_tensor(SPM_TENSOR).numpy().tobytes()
@@ -254,7 +274,57 @@ def _open_safetensors(path: str) -> Checkpoint:
         tokenizer_files=tokenizer,
         metadata=dict(metadata),
         _safe=handle,
+        _offsets=offsets,
     )
+
+
+def _safetensors_offsets(path: str) -> dict[str, int]:
+    with open(path, "rb") as handle:
+        header_len = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(header_len))
+    start = 8 + header_len
+    return {k: start + v["data_offsets"][0] for k, v in header.items() if k != "__metadata__"}
+
+
+class ChunkedReader:
+    """Reads tensors out of one file with ``readinto``: directly into the destination when no
+    cast is needed, else chunk by chunk through one reused buffer."""
+
+    def __init__(self, path: str, chunk_bytes: int = 32 << 20):
+        self.handle = open(path, "rb", buffering=0)
+        self.buffer = torch.empty(chunk_bytes, dtype=torch.uint8)
+
+    def read(self, offset: int, dtype: torch.dtype, out: torch.Tensor) -> None:
+        flat = out.view(-1)
+        self.handle.seek(offset)
+        if dtype == out.dtype:
+            self._fill(flat.view(torch.uint8).numpy())
+            return
+        itemsize = _itemsize(dtype)
+        per_chunk = self.buffer.numel() // itemsize
+        for start in range(0, flat.numel(), per_chunk):
+            count = min(per_chunk, flat.numel() - start)
+            raw = self.buffer[: count * itemsize]
+            self._fill(raw.numpy())
+            flat[start : start + count].copy_(raw.view(dtype))
+
+    def _fill(self, view) -> None:
+        memory = memoryview(view).cast("B")
+        done = 0
+        while done < len(memory):
+            got = self.handle.readinto(memory[done:])
+            if not got:
+                raise CheckpointError(f"{self.handle.name} ended early: the file is truncated. Download or copy it again.")
+            done += got
+
+    def close(self) -> None:
+        self.handle.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def _check_safetensors_size(path, handle, keys, shapes, dtypes) -> None:

@@ -91,7 +91,8 @@ def _encode(args: argparse.Namespace) -> int:
         return _encode_gill(args)
     from .loading import load_kosmosg
 
-    encoder = load_kosmosg(args.checkpoint, args.tokenizer, dtype=args.dtype, device=args.device)
+    encoder = load_kosmosg(args.checkpoint, args.tokenizer, dtype=args.dtype, device=args.device,
+                           quantization=args.quantization)
     out = encoder.encode(args.prompt, args.image or [], args.negative, intermediates=args.dump_intermediates)
     tensors = {"cond": out.cond, "uncond": out.uncond}
     if args.dump_intermediates:
@@ -150,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--negative", default="", help="negative prompt (default: Kosmos-G's null embedding)")
     enc.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
     enc.add_argument("--device", default="cpu", help="cpu or cuda")
+    enc.add_argument("--quantization", choices=["none", "int8"], default="none",
+                     help="Kosmos-G: int8 weight-only (needs torchao)")
     enc.add_argument("--out", required=True, help="output .safetensors")
     enc.add_argument("--dump-intermediates", action="store_true", help="also write tokens, pixels and hidden states")
     enc.set_defaults(run=_encode)

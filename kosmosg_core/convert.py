@@ -21,11 +21,13 @@ from .checkpoint import (
     DICT_TENSOR,
     SPM_TENSOR,
     TORCH_TO_SAFETENSORS,
+    Checkpoint,
     module_key,
     open_checkpoint,
 )
 from .errors import CheckpointError, TokenizerError
 from .loading import resolve_tokenizer
+from .tokenizer import KosmosGTokenizer
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> np.ndarray:
@@ -64,10 +66,6 @@ def convert(src: str, dst: str, tokenizer: str | None = None, embed_tokenizer: b
     if os.path.abspath(src) == os.path.abspath(dst):
         raise CheckpointError("convert: source and destination are the same file.")
     checkpoint = open_checkpoint(src)
-    kept = [k for k in checkpoint.keys() if module_key(k) is not None]
-    shapes = {k: checkpoint.shapes[k] for k in kept}
-    dtypes = {k: checkpoint.dtypes[k] for k in kept}
-    tensors: dict[str, torch.Tensor] = {}
     tok = None
     if embed_tokenizer:
         try:
@@ -75,6 +73,17 @@ def convert(src: str, dst: str, tokenizer: str | None = None, embed_tokenizer: b
         except TokenizerError:
             if tokenizer:  # asked for explicitly: the user wants to know it is wrong
                 raise
+    summary = write_converted(checkpoint, dst, tok)
+    checkpoint.close()
+    return {"src": src, **summary}
+
+
+def write_converted(checkpoint: Checkpoint, dst: str, tok: KosmosGTokenizer | None = None) -> dict:
+    """Stream an opened checkpoint's model weights (and optionally its tokenizer) to ``dst``."""
+    kept = [k for k in checkpoint.keys() if module_key(k) is not None]
+    shapes = {k: checkpoint.shapes[k] for k in kept}
+    dtypes = {k: checkpoint.dtypes[k] for k in kept}
+    tensors: dict[str, torch.Tensor] = {}
     if tok is not None:
         tensors[SPM_TENSOR] = torch.from_numpy(np.frombuffer(tok.spm_model_bytes, dtype=np.uint8).copy())
         tensors[DICT_TENSOR] = torch.from_numpy(np.frombuffer(tok.dict_txt.encode("utf-8"), dtype=np.uint8).copy())
@@ -87,10 +96,9 @@ def convert(src: str, dst: str, tokenizer: str | None = None, embed_tokenizer: b
     metadata = {
         "format": CONVERTED_FORMAT,
         "kind": checkpoint.kind,
-        "source": os.path.basename(src),
+        "source": os.path.basename(checkpoint.path),
         "dropped_keys": str(len(checkpoint.keys()) - len(kept)),
     }
     written = write_safetensors(dst, shapes, dtypes, lambda k: tensors[k] if k in tensors else checkpoint.tensor(k), metadata)
-    checkpoint.close()
-    return {"src": src, "dst": dst, "kind": checkpoint.kind, "tensors": len(shapes), "bytes": written,
+    return {"dst": dst, "kind": checkpoint.kind, "tensors": len(shapes), "bytes": written,
             "dropped_keys": int(metadata["dropped_keys"]), "tokenizer_embedded": tok is not None}

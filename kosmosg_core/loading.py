@@ -1,7 +1,8 @@
 """Checkpoint file -> ready :class:`KosmosGEncoder`, without a second copy of the weights.
 
-The model is built on the ``meta`` device (no random init), then each tensor is read from the
-memory-mapped file, cast to the target dtype and assigned, one at a time.
+The model is built on the ``meta`` device (no random init); each weight is then allocated once in
+the target dtype and filled straight from the file (safetensors: ``readinto``, casting through a
+small buffer), and assigned. Peak memory is the model itself plus one buffer.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from .config import KosmosGConfig
 from .encoder import KosmosGEncoder
 from .errors import CheckpointError, TokenizerError
 from .modeling_kosmosg import KosmosGModel
+from .quantization import quantize_weights
 from .tokenizer import DICT_FILENAME, SPM_FILENAME, KosmosGTokenizer, find_tokenizer_dir
 
 logger = logging.getLogger(__name__)
@@ -53,11 +55,11 @@ def resolve_tokenizer(
     if checkpoint.tokenizer_files is not None:
         spm, dict_txt = checkpoint.tokenizer_files
         return KosmosGTokenizer(spm, dict_txt, source=f"{checkpoint.path} (embedded)")
-    searched = tokenizer_search_dirs(checkpoint.path, list(extra_dirs))
+    searched = tokenizer_search_dirs(checkpoint.source_path or checkpoint.path, list(extra_dirs))
     found = find_tokenizer_dir(searched)
     if found is None:
         raise TokenizerError(
-            f"no Kosmos-G tokenizer found for {checkpoint.path}. Looked for {SPM_FILENAME} and "
+            f"no Kosmos-G tokenizer found for {checkpoint.source_path or checkpoint.path}. Looked for {SPM_FILENAME} and "
             f"{DICT_FILENAME} in: {'; '.join(searched)}; and inside the checkpoint (only converted "
             "files carry one). Put the two files from the Kosmos-G release (data/) beside the "
             "checkpoint, or pass the folder holding them (--tokenizer DIR)."
@@ -87,12 +89,20 @@ def build_model(
             f"{', '.join(missing[:4])}. The file is incomplete or from another model version."
         )
     total = len(mapping)
+    shapes = model.state_dict()
     state = {}
-    for step, (target, key) in enumerate(mapping.items(), start=1):
-        # .to() makes a new tensor, so the memory-mapped source page can be dropped right away
-        state[target] = checkpoint.tensor(key).to(device=device, dtype=dtype, copy=True)
-        if progress is not None:
-            progress(step, total)
+    reader = checkpoint.reader()
+    try:
+        for step, (target, key) in enumerate(mapping.items(), start=1):
+            # a fresh tensor of the target dtype, filled from the file: no second copy of the model
+            tensor = torch.empty(shapes[target].shape, dtype=dtype)
+            checkpoint.read_into(key, tensor, reader)
+            state[target] = tensor.to(device) if torch.device(device).type != "cpu" else tensor
+            if progress is not None:
+                progress(step, total)
+    finally:
+        if reader is not None:
+            reader.close()
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
@@ -110,13 +120,23 @@ def load_kosmosg(
     progress: Callable[[int, int], None] | None = None,
     allow_stage2: bool = True,
     tokenizer_dirs: list[str] = (),
+    cache_converted: bool = True,
+    quantization: str = "none",
 ) -> KosmosGEncoder:
     """Load a Kosmos-G checkpoint (official ``.pt`` or converted) into an encoder.
 
     ``tokenizer_dirs`` are searched (with their ``tokenizer/`` subfolders) after the checkpoint's
-    own folder when neither ``tokenizer`` nor an embedded tokenizer is given.
+    own folder when neither ``tokenizer`` nor an embedded tokenizer is given. With
+    ``cache_converted`` an official ``.pt`` is converted once beside its folder and later loads
+    read the converted copy (see :mod:`kosmosg_core.converted_cache`). ``quantization="int8"``
+    stores the linear weights as int8 (torchao; activations keep ``dtype``).
     """
-    opened = checkpoint if isinstance(checkpoint, Checkpoint) else open_checkpoint(checkpoint)
+    from .converted_cache import convert_to_cache, open_cached, open_preferring_cache
+
+    if isinstance(checkpoint, Checkpoint):
+        opened = checkpoint
+    else:
+        opened = open_preferring_cache(os.fspath(checkpoint)) if cache_converted else open_checkpoint(checkpoint)
     if opened.kind == KIND_STAGE1:
         raise CheckpointError(
             f"{opened.path} is a stage-1 Kosmos-G checkpoint (checkpoint_stage1.pt): it has the "
@@ -137,6 +157,11 @@ def load_kosmosg(
             f"embedding has {vocab_rows} rows: they do not belong together. Use the tokenizer files "
             "released with this checkpoint."
         )
+    if cache_converted and opened.format == "fairseq-pt":
+        cached = convert_to_cache(opened)
+        if cached is not None:
+            opened.close()
+            opened = open_cached(cached, opened.path)
     model = build_model(opened, parse_dtype(dtype), device, progress)
     opened.close()
-    return KosmosGEncoder(model, tok)
+    return KosmosGEncoder(quantize_weights(model, quantization), tok)

@@ -37,6 +37,14 @@ def _is_widget(spec) -> bool:
     return isinstance(kind, (list, tuple)) or kind in WIDGET_TYPES
 
 
+def _default(spec, options: dict):
+    if "default" in options:
+        return options["default"]
+    if isinstance(spec[0], (list, tuple)) and spec[0]:
+        return spec[0][0]
+    return None
+
+
 def _takes_seed_control(name: str, kind, options: dict) -> bool:
     return kind == "INT" and (name in ("seed", "noise_seed") or bool(options.get("control_after_generate")))
 
@@ -95,6 +103,8 @@ def ui_to_api(workflow: dict, node_classes: Mapping[str, type], display_names: M
                         position += 1
                 elif widget:
                     value = by_name.get(name)
+                if widget and value is None:  # saved before this widget existed: the frontend fills its default
+                    value = _default(spec, options)
                 if name in linked:
                     inputs[name] = source(linked[name])
                 elif widget and value is not None:

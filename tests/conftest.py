@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# Loading an official .pt writes a converted copy beside it (or under ~/.cache); tests that are
+# about that cache turn it back on, the rest must not write next to ../shared or into $HOME.
+os.environ.setdefault("KOSMOSG_NO_CONVERT_CACHE", "1")
 SHARED = Path(os.environ.get("KOSMOSG_SHARED", REPO.parent / "shared"))
 
 

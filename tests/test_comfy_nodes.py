@@ -13,6 +13,7 @@ from comfy_graphs import node, read_images, sd_graph
 
 from kosmosg_core.cli import main as cli_main
 from kosmosg_core.runner.host import PACK_DIR
+from kosmosg_core.runner.tiny_models import KOSMOSG_CHECKPOINT
 
 PACK_NODES = ["GILLEncode", "GILLGenerateText", "GILLLoader", "GILLRetrieve",
               "KosmosGConcatCLIPText", "KosmosGEncode", "KosmosGImageList", "KosmosGLoader"]
@@ -245,3 +246,15 @@ def test_encode_reports_progress_per_layer(comfy):
         comfy_utils.set_progress_bar_global_hook(previous)
     encoder_updates = [u for u in updates if u[2] == "enc"]
     assert len(encoder_updates) >= 4 and encoder_updates[-1][0] == encoder_updates[-1][1]
+
+
+def test_int8_loader_option_feeds_the_sampler(comfy):
+    graph = sd_graph(seed=8)
+    graph["ks8"] = node("KosmosGLoader", checkpoint=KOSMOSG_CHECKPOINT, dtype="auto", device="auto", quantization="int8")
+    graph["enc8"] = node("KosmosGEncode", kosmos_g=["ks8", 0], prompt="<i> wearing <i>", negative="",
+                         image_1=["img1", 0], image_2=["img2", 0])
+    graph["sampler"]["inputs"]["positive"] = ["enc8", 0]
+    run_ok(comfy, graph)
+    full, int8 = comfy.node_output("enc")[0][0], comfy.node_output("enc8")[0][0]
+    cosine = torch.nn.functional.cosine_similarity(full.flatten(), int8.flatten(), dim=0)
+    assert 0.999 <= cosine < 1.0

@@ -60,3 +60,12 @@ def test_requeue_with_new_seed_reuses_the_encoder(comfy):
     assert encoder in cached and loader in cached and sampler not in cached
     a, b = read_images(comfy, first)[0], read_images(comfy, second)[0]
     assert np.abs(a - b).mean() > 1.0  # the seed did change the picture
+
+
+def test_widget_added_after_the_workflow_was_saved_gets_its_default(comfy):
+    """The example workflows predate the loader's quantization widget, as users' saved files do."""
+    workflow = json.loads((REPO / "workflows" / "kosmos-g_multi-entity.json").read_text())
+    loader = next(n for n in workflow["nodes"] if n["type"] == "KosmosGLoader")
+    assert len(loader["widgets_values"]) == 3
+    prompt = ui_to_api(workflow, comfy.node_classes())
+    assert prompt[str(loader["id"])]["inputs"]["quantization"] == "none"
