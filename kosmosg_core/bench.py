@@ -18,8 +18,9 @@ import sys
 import tempfile
 import time
 
+from .converted_cache import CACHE_FOLDER
+
 NEEDED_DISK_BYTES = {"real": 8_500_000_000, "tiny": 50_000_000}
-TWO_IMAGE_PROMPT = "<i> wearing <i>, a photo in the style of a watercolor painting"
 
 
 def _rss_bytes() -> int:
@@ -55,57 +56,79 @@ def matmul_flops_per_second() -> float:
     return 2 * 2048**3 / best
 
 
-def worker(path: str, dtype: str, tokenizer: str, images: int, repeats: int) -> dict:
-    """Runs in a subprocess: load, then encode; reports JSON."""
-    import torch
+PROMPTS = {  # name -> (prompt, number of images)
+    "text_only": ("a watercolor painting of a lighthouse on a cliff at sunset", 0),
+    "one_image": ("<i> in the jungle, a photo", 1),
+    "four_images": ("<i> and <i> wearing <i> in front of <i>, a photo", 4),
+}
+
+
+def _encode_timings(encoder, repeats: int) -> dict:
     from PIL import Image
     from torch.utils.flop_counter import FlopCounterMode
 
+    results = {}
+    for name, (prompt, images) in PROMPTS.items():
+        pictures = [Image.new("RGB", (300 + 17 * i, 260), (40 * i % 255, 90, 160)) for i in range(images)]
+        encoder.encode(prompt, pictures)  # warm-up, also computes the cached null embedding
+        latencies = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            encoder.encode(prompt, pictures)
+            latencies.append(time.perf_counter() - start)
+        with FlopCounterMode(display=False) as counter:
+            encoder.encode(prompt, pictures)
+        latency = sorted(latencies)[len(latencies) // 2]
+        results[name] = {
+            "images": images,
+            "tokens": len(encoder.layout(prompt, images).tokens),
+            "seconds_median": round(latency, 4),
+            "flops": counter.get_total_flops(),
+            "flops_per_second": counter.get_total_flops() / latency,
+        }
+    return results
+
+
+def worker(path: str, dtype: str, tokenizer: str, repeats: int, quantization: str, cache: bool) -> dict:
+    """Runs in a subprocess: load (until every weight is resident), then optionally encode; JSON."""
+    import torch
+
     from .loading import load_kosmosg
+    from .quantization import resident_weight_bytes
 
     import sentencepiece  # noqa: F401  (import cost is not load cost)
     import transformers.models.kosmos2.modeling_kosmos2  # noqa: F401
 
+    if quantization != "none":
+        from .quantization import _import_torchao
+
+        _import_torchao()
     baseline = _rss_bytes()
     start = time.perf_counter()
-    encoder = load_kosmosg(path, tokenizer, dtype=dtype)
+    encoder = load_kosmosg(path, tokenizer, dtype=dtype, quantization=quantization, cache_converted=cache)
     load_seconds = time.perf_counter() - start
     peak = _peak_rss_bytes()
-    params = sum(p.numel() for p in encoder.model.parameters())
-    weight_bytes = sum(p.numel() * p.element_size() for p in encoder.model.parameters())
-
-    pictures = [Image.new("RGB", (300 + 17 * i, 260), (40 * i % 255, 90, 160)) for i in range(images)]
-    prompt = TWO_IMAGE_PROMPT if images == 2 else " ".join(["<i>"] * images) + " in the jungle"
-    encoder.encode(prompt, pictures)  # warm-up, also computes the cached null embedding
-    latencies = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        encoder.encode(prompt, pictures)
-        latencies.append(time.perf_counter() - start)
-    with FlopCounterMode(display=False) as counter:
-        encoder.encode(prompt, pictures)
-    flops = counter.get_total_flops()
-    latency = sorted(latencies)[len(latencies) // 2]
+    weight_bytes = resident_weight_bytes(encoder.model)
     return {
         "file": os.path.basename(path),
         "dtype": dtype,
-        "parameters": params,
-        "load_seconds": load_seconds,
+        "quantization": quantization,
+        "parameters": sum(p.numel() for p in encoder.model.parameters()),
+        "load_seconds": round(load_seconds, 3),
         "weight_bytes": weight_bytes,
         "peak_rss_during_load_bytes": peak - baseline,
         "peak_rss_over_weight_bytes": round((peak - baseline) / weight_bytes, 3),
-        "encode_images": images,
-        "encode_tokens": len(encoder.layout(prompt, images).tokens),
-        "encode_seconds_median": round(latency, 4),
-        "encode_flops": flops,
-        "encode_flops_per_second": flops / latency,
+        "encode": _encode_timings(encoder, repeats) if repeats else None,
         "torch_threads": torch.get_num_threads(),
     }
 
 
-def _run_worker(path: str, dtype: str, tokenizer: str, images: int, repeats: int) -> dict:
-    command = [sys.executable, "-m", "kosmosg_core.bench", path, dtype, tokenizer, str(images), str(repeats)]
-    done = subprocess.run(command, capture_output=True, text=True)
+def _run_worker(path: str, dtype: str, tokenizer: str, repeats: int = 0, quantization: str = "none",
+                cache: bool = False) -> dict:
+    command = [sys.executable, "-m", "kosmosg_core.bench", path, dtype, tokenizer, str(repeats), quantization,
+               "cache" if cache else "no-cache"]
+    env = {k: v for k, v in os.environ.items() if k != "KOSMOSG_NO_CONVERT_CACHE"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode:
         raise RuntimeError(f"bench worker failed:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -151,6 +174,26 @@ def gill_generation_bench(width: int, layers: int, new_tokens: int = 32, repeats
     }
 
 
+def gill_per_layer_bench(width: int, depths: tuple[int, int], new_tokens: int = 32) -> dict:
+    """OPT-6.7B does not fit this machine in fp32: time two shallow OPTs of the real width and
+    extrapolate linearly to 32 layers (per-layer cost from the difference; the rest is fixed)."""
+    shallow, deep = (gill_generation_bench(width, layers, new_tokens, repeats=1) for layers in depths)
+    extrapolated = {}
+    for mode in ("with_cache", "recompute"):
+        a, b = shallow[f"seconds_{mode}"], deep[f"seconds_{mode}"]
+        per_layer = (b - a) / (depths[1] - depths[0])
+        fixed = a - depths[0] * per_layer
+        seconds = fixed + 32 * per_layer
+        extrapolated[mode] = {"seconds_per_layer": round(per_layer, 4), "seconds_fixed": round(fixed, 3),
+                              "seconds_32_layers": round(seconds, 2), "tokens_per_second_32_layers": round(new_tokens / seconds, 3)}
+    return {
+        "measured": {str(depths[0]): shallow, str(depths[1]): deep},
+        "extrapolated_to_32_layers": extrapolated,
+        "speedup_32_layers": round(extrapolated["recompute"]["seconds_32_layers"] / extrapolated["with_cache"]["seconds_32_layers"], 2),
+        "label": f"EXTRAPOLATED from {depths[0]} and {depths[1]} layers of width {width}, fp32, CPU; not a measurement of OPT-6.7B",
+    }
+
+
 def run_bench(args) -> dict:
     from .convert import convert
     from .synthetic import dict_lines_for, official_size, tiny_size, write_official_checkpoint, write_tiny_tokenizer
@@ -182,18 +225,34 @@ def run_bench(args) -> dict:
                 "bytes": os.path.getsize(path),
                 "plain_read_seconds": min(plain_read_seconds(path) for _ in range(2)),
             }
-        repeats = 3 if args.size == "real" else 2
+        pt_read = reads[os.path.basename(pt_path)]["plain_read_seconds"]
+        st_read = reads[os.path.basename(st_path)]["plain_read_seconds"]
+        repeats = 3 if args.size == "real" else 1
         runs = []
         for dtype in args.dtypes.split(","):
-            for path in (pt_path, st_path):
-                run = _run_worker(path, dtype, tokenizer, 2, repeats)
-                run["load_over_plain_read"] = round(run["load_seconds"] / reads[run["file"]]["plain_read_seconds"], 2)
+            shutil.rmtree(os.path.join(workdir, CACHE_FOLDER), ignore_errors=True)
+            first = _run_worker(pt_path, dtype, tokenizer, cache=True)  # unpickle + convert into the cache + load
+            second = _run_worker(pt_path, dtype, tokenizer, cache=True)  # reads the cached conversion
+            run = _run_worker(st_path, dtype, tokenizer, repeats)
+            run.update({
+                "official_pt_first_start_seconds": first["load_seconds"],
+                "official_pt_second_start_seconds": second["load_seconds"],
+                "second_over_first_start": round(second["load_seconds"] / first["load_seconds"], 3),
+                "official_pt_first_start_over_plain_read": round(first["load_seconds"] / pt_read, 2),
+                "load_over_plain_read": round(run["load_seconds"] / st_read, 2),
+            })
+            runs.append(run)
+        if args.int8:
+            fp16 = _run_worker(st_path, "fp16", tokenizer)
+            for dtype in args.dtypes.split(","):
+                run = _run_worker(st_path, dtype, tokenizer, repeats, quantization="int8")
+                run["weight_bytes_over_fp16"] = round(run["weight_bytes"] / fp16["weight_bytes"], 3)
                 runs.append(run)
         matmul = matmul_flops_per_second()
         for run in runs:
-            run["encode_flops_over_matmul_fp32"] = round(run["encode_flops_per_second"] / matmul, 3)
-        gill_size = (4096, 4) if args.size == "real" else (128, 2)
-        gill = gill_generation_bench(*gill_size) if args.gill else None
+            for encode in (run["encode"] or {}).values():
+                encode["flops_over_matmul_fp32"] = round(encode["flops_per_second"] / matmul, 3)
+        gill = gill_per_layer_bench(*((4096, (2, 4)) if args.size == "real" else (128, (1, 2)))) if args.gill else None
         return {
             "gill_generation": gill,
             "size": args.size,
@@ -210,5 +269,5 @@ def run_bench(args) -> dict:
 
 
 if __name__ == "__main__":
-    _path, _dtype, _tokenizer, _images, _repeats = sys.argv[1:6]
-    print(json.dumps(worker(_path, _dtype, _tokenizer, int(_images), int(_repeats))))
+    _path, _dtype, _tokenizer, _repeats, _quantization, _cache = sys.argv[1:7]
+    print(json.dumps(worker(_path, _dtype, _tokenizer, int(_repeats), _quantization, _cache == "cache")))

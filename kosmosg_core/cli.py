@@ -197,7 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--workdir", default=None, help="where the random checkpoints go (default: a temp dir)")
     bench.add_argument("--dtypes", default="fp32,bf16")
     bench.add_argument("--keep", action="store_true", help="keep the generated checkpoints")
-    bench.add_argument("--gill", action="store_true", help="also time GILL generation with/without the KV cache")
+    bench.add_argument("--gill", action="store_true", help="also time GILL generation with/without the KV cache "
+                       "(real size: width 4096 at 2 and 4 layers, extrapolated to 32)")
+    bench.add_argument("--int8", action="store_true", help="also load and encode with int8 weights (needs torchao)")
     bench.set_defaults(run=_bench)
     flow = sub.add_parser("workflow", help="run a ComfyUI workflow JSON headless in an embedded ComfyUI")
     flow.add_argument("file", help="workflow JSON (UI or API format), e.g. workflows/kosmos-g_multi-entity.json")

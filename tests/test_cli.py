@@ -22,14 +22,21 @@ def test_encode_error_is_one_clear_line(tmp_path):
 
 
 def test_bench_tiny_reports_every_figure(tmp_path):
-    done = run_cli("bench", "--size", "tiny", "--dtypes", "fp32", "--workdir", str(tmp_path), "--gill")
+    done = run_cli("bench", "--size", "tiny", "--dtypes", "fp32", "--workdir", str(tmp_path), "--gill", "--int8")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["matmul_fp32_2048_flops_per_second"] > 0
-    assert {r["file"] for r in report["runs"]} == {"checkpoint_final.pt", "checkpoint_final.safetensors"}
     gill = report["gill_generation"]
-    assert gill["same_ids"] and gill["new_tokens"] == 32 and gill["seconds_with_cache"] > 0
-    for run in report["runs"]:
-        for key in ("parameters", "load_seconds", "load_over_plain_read", "peak_rss_over_weight_bytes",
-                    "encode_seconds_median", "encode_flops", "encode_flops_over_matmul_fp32"):
-            assert run[key] > 0, key
+    assert "EXTRAPOLATED" in gill["label"] and gill["extrapolated_to_32_layers"]["with_cache"]["seconds_32_layers"] > 0
+    assert all(m["same_ids"] and m["new_tokens"] == 32 for m in gill["measured"].values())
+    plain, int8 = report["runs"]
+    assert plain["file"] == int8["file"] == "checkpoint_final.safetensors" and int8["quantization"] == "int8"
+    for key in ("official_pt_first_start_seconds", "official_pt_second_start_seconds", "second_over_first_start",
+                "load_over_plain_read", "peak_rss_over_weight_bytes", "parameters"):
+        assert plain[key] > 0, key
+    assert 0 < int8["weight_bytes_over_fp16"]
+    for run in (plain, int8):
+        assert set(run["encode"]) == {"text_only", "one_image", "four_images"}
+        for encode in run["encode"].values():
+            assert encode["seconds_median"] > 0 and encode["flops"] > 0 and encode["flops_over_matmul_fp32"] > 0
+        assert run["encode"]["four_images"]["tokens"] > run["encode"]["one_image"]["tokens"]
