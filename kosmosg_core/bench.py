@@ -63,13 +63,18 @@ PROMPTS = {  # name -> (prompt, number of images)
 }
 
 
-def _encode_timings(encoder, repeats: int) -> dict:
+def _picture(index: int):
     from PIL import Image
+
+    return Image.new("RGB", (300 + 17 * index, 260), (40 * index % 255, 90, 160))
+
+
+def _encode_timings(encoder, repeats: int) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     results = {}
     for name, (prompt, images) in PROMPTS.items():
-        pictures = [Image.new("RGB", (300 + 17 * i, 260), (40 * i % 255, 90, 160)) for i in range(images)]
+        pictures = [_picture(i) for i in range(images)]
         encoder.encode(prompt, pictures)  # warm-up, also computes the cached null embedding
         latencies = []
         for _ in range(repeats):
@@ -89,7 +94,8 @@ def _encode_timings(encoder, repeats: int) -> dict:
     return results
 
 
-def worker(path: str, dtype: str, tokenizer: str, repeats: int, quantization: str, cache: bool) -> dict:
+def worker(path: str, dtype: str, tokenizer: str, repeats: int, quantization: str, cache: bool,
+           compiled: bool = False) -> dict:
     """Runs in a subprocess: load (until every weight is resident), then optionally encode; JSON."""
     import torch
 
@@ -109,6 +115,13 @@ def worker(path: str, dtype: str, tokenizer: str, repeats: int, quantization: st
     load_seconds = time.perf_counter() - start
     peak = _peak_rss_bytes()
     weight_bytes = resident_weight_bytes(encoder.model)
+    compile_seconds = None
+    if compiled:
+        start = time.perf_counter()
+        encoder.compile()
+        for prompt, images in PROMPTS.values():  # compile for each shape family before timing
+            encoder.encode(prompt, [_picture(i) for i in range(images)])
+        compile_seconds = round(time.perf_counter() - start, 2)
     return {
         "file": os.path.basename(path),
         "dtype": dtype,
@@ -118,15 +131,17 @@ def worker(path: str, dtype: str, tokenizer: str, repeats: int, quantization: st
         "weight_bytes": weight_bytes,
         "peak_rss_during_load_bytes": peak - baseline,
         "peak_rss_over_weight_bytes": round((peak - baseline) / weight_bytes, 3),
+        "compiled": compiled,
+        "compile_and_first_encodes_seconds": compile_seconds,
         "encode": _encode_timings(encoder, repeats) if repeats else None,
         "torch_threads": torch.get_num_threads(),
     }
 
 
 def _run_worker(path: str, dtype: str, tokenizer: str, repeats: int = 0, quantization: str = "none",
-                cache: bool = False) -> dict:
+                cache: bool = False, compiled: bool = False) -> dict:
     command = [sys.executable, "-m", "kosmosg_core.bench", path, dtype, tokenizer, str(repeats), quantization,
-               "cache" if cache else "no-cache"]
+               "cache" if cache else "no-cache", "compile" if compiled else "eager"]
     env = {k: v for k, v in os.environ.items() if k != "KOSMOSG_NO_CONVERT_CACHE"}
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode:
@@ -147,8 +162,11 @@ def gill_generation_bench(width: int, layers: int, new_tokens: int = 32, repeats
         write_release(os.path.join(root, "gill"), tiny_heads_config(llm_dim=width))
         gill = load_gill(os.path.join(root, "gill"), os.path.join(root, "opt"), os.path.join(root, "clip"))
     gill.lm.resize_token_embeddings(50274, mean_resizing=False)  # OPT-6.7B's vocabulary, so the LM head costs what it really costs
-    prompt = "a man walks his dog on the beach. <i> they reach the old bridge at sunset, and then"
-    image = [__import__("PIL.Image", fromlist=["Image"]).new("RGB", (64, 64), (90, 120, 200))]
+    # GILL's main evaluation setting (VIST): a story of 5 captions and 4 images, then the next step
+    prompt = ("my family went to the beach for the day. <i> the kids built a huge sand castle near the water. <i> "
+              "then we all went swimming in the cold waves. <i> dad cooked hot dogs on the grill for lunch. <i> "
+              "at sunset we walked along the shore, and then")
+    image = [_picture(i).resize((64, 64)) for i in range(4)]
     context_tokens = len(gill.context(prompt, image)[1])
     timings = {}
     for use_cache in (True, False):
@@ -248,6 +266,9 @@ def run_bench(args) -> dict:
                 run = _run_worker(st_path, dtype, tokenizer, repeats, quantization="int8")
                 run["weight_bytes_over_fp16"] = round(run["weight_bytes"] / fp16["weight_bytes"], 3)
                 runs.append(run)
+        if args.compile:
+            for dtype in args.dtypes.split(","):
+                runs.append(_run_worker(st_path, dtype, tokenizer, repeats, compiled=True))
         matmul = matmul_flops_per_second()
         for run in runs:
             for encode in (run["encode"] or {}).values():
@@ -269,5 +290,5 @@ def run_bench(args) -> dict:
 
 
 if __name__ == "__main__":
-    _path, _dtype, _tokenizer, _repeats, _quantization, _cache = sys.argv[1:7]
-    print(json.dumps(worker(_path, _dtype, _tokenizer, int(_repeats), _quantization, _cache == "cache")))
+    _path, _dtype, _tokenizer, _repeats, _quantization, _cache, _compile = sys.argv[1:8]
+    print(json.dumps(worker(_path, _dtype, _tokenizer, int(_repeats), _quantization, _cache == "cache", _compile == "compile")))

@@ -93,6 +93,8 @@ def _encode(args: argparse.Namespace) -> int:
 
     encoder = load_kosmosg(args.checkpoint, args.tokenizer, dtype=args.dtype, device=args.device,
                            quantization=args.quantization)
+    if args.compile:
+        encoder.compile()
     out = encoder.encode(args.prompt, args.image or [], args.negative, intermediates=args.dump_intermediates)
     tensors = {"cond": out.cond, "uncond": out.uncond}
     if args.dump_intermediates:
@@ -153,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--device", default="cpu", help="cpu or cuda")
     enc.add_argument("--quantization", choices=["none", "int8"], default="none",
                      help="Kosmos-G: int8 weight-only (needs torchao)")
+    enc.add_argument("--compile", action="store_true", help="Kosmos-G: torch.compile the MLLM and vision tower")
     enc.add_argument("--out", required=True, help="output .safetensors")
     enc.add_argument("--dump-intermediates", action="store_true", help="also write tokens, pixels and hidden states")
     enc.set_defaults(run=_encode)
@@ -200,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--gill", action="store_true", help="also time GILL generation with/without the KV cache "
                        "(real size: width 4096 at 2 and 4 layers, extrapolated to 32)")
     bench.add_argument("--int8", action="store_true", help="also load and encode with int8 weights (needs torchao)")
+    bench.add_argument("--compile", action="store_true", help="also encode with torch.compile (compile time reported)")
     bench.set_defaults(run=_bench)
     flow = sub.add_parser("workflow", help="run a ComfyUI workflow JSON headless in an embedded ComfyUI")
     flow.add_argument("file", help="workflow JSON (UI or API format), e.g. workflows/kosmos-g_multi-entity.json")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -23,6 +24,7 @@ from .tokenizer import DICT_FILENAME, SPM_FILENAME, KosmosGTokenizer, find_token
 
 logger = logging.getLogger(__name__)
 
+LOAD_THREADS = min(4, os.cpu_count() or 1)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -90,19 +92,35 @@ def build_model(
         )
     total = len(mapping)
     shapes = model.state_dict()
-    state = {}
     reader = checkpoint.reader()
-    try:
-        for step, (target, key) in enumerate(mapping.items(), start=1):
-            # a fresh tensor of the target dtype, filled from the file: no second copy of the model
-            tensor = torch.empty(shapes[target].shape, dtype=dtype)
-            checkpoint.read_into(key, tensor, reader)
-            state[target] = tensor.to(device) if torch.device(device).type != "cpu" else tensor
-            if progress is not None:
-                progress(step, total)
-    finally:
-        if reader is not None:
-            reader.close()
+    done = 0
+
+    on_cpu = torch.device(device).type == "cpu"
+
+    def read(target: str) -> tuple[str, torch.Tensor]:
+        key = mapping[target]
+        if on_cpu and checkpoint.dtypes[key] == dtype:
+            view = checkpoint.mapped(key)  # same dtype: a view of the file, nothing copied
+            if view is not None:
+                return target, view
+        # a fresh tensor of the target dtype, filled from the file: no second copy of the model
+        tensor = torch.empty(shapes[target].shape, dtype=dtype)
+        checkpoint.read_into(key, tensor, reader)
+        return target, tensor.to(device) if torch.device(device).type != "cpu" else tensor
+
+    state = {}
+    # Two readers overlap file reads, page faults of the fresh memory and casts (all release the GIL).
+    with ThreadPoolExecutor(max_workers=LOAD_THREADS if reader is not None else 1) as pool:
+        try:
+            for target, tensor in pool.map(read, sorted(mapping, key=lambda t: -shapes[t].numel())):
+                state[target] = tensor
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+        finally:
+            if reader is not None:
+                reader.close()
+    checkpoint.make_resident()  # "loaded" means in memory, not merely mapped
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
