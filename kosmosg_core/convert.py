@@ -78,18 +78,21 @@ def convert(src: str, dst: str, tokenizer: str | None = None, embed_tokenizer: b
     return {"src": src, **summary}
 
 
-def write_converted(checkpoint: Checkpoint, dst: str, tok: KosmosGTokenizer | None = None) -> dict:
-    """Stream an opened checkpoint's model weights (and optionally its tokenizer) to ``dst``."""
+def write_converted(checkpoint: Checkpoint, dst: str, tok: KosmosGTokenizer | None = None,
+                    dtype: torch.dtype | None = None) -> dict:
+    """Stream an opened checkpoint's model weights (and optionally its tokenizer) to ``dst``;
+    floating weights are cast to ``dtype`` when given (the load cache stores the loaded dtype)."""
     kept = [k for k in checkpoint.keys() if module_key(k) is not None]
     shapes = {k: checkpoint.shapes[k] for k in kept}
-    dtypes = {k: checkpoint.dtypes[k] for k in kept}
+    dtypes = {k: dtype if dtype is not None and checkpoint.dtypes[k].is_floating_point else checkpoint.dtypes[k]
+              for k in kept}
     tensors: dict[str, torch.Tensor] = {}
     if tok is not None:
         tensors[SPM_TENSOR] = torch.from_numpy(np.frombuffer(tok.spm_model_bytes, dtype=np.uint8).copy())
         tensors[DICT_TENSOR] = torch.from_numpy(np.frombuffer(tok.dict_txt.encode("utf-8"), dtype=np.uint8).copy())
         for name, value in tensors.items():
             shapes[name], dtypes[name] = tuple(value.shape), value.dtype
-    needed = checkpoint.weight_bytes(kept)
+    needed = sum(torch.Size(shapes[k]).numel() * torch.empty((), dtype=dtypes[k]).element_size() for k in kept)
     free = shutil.disk_usage(os.path.dirname(os.path.abspath(dst)) or ".").free
     if free < needed * 1.05:
         raise CheckpointError(f"convert: {dst} needs {needed / 1e9:.2f} GB but only {free / 1e9:.2f} GB is free there.")
@@ -99,6 +102,7 @@ def write_converted(checkpoint: Checkpoint, dst: str, tok: KosmosGTokenizer | No
         "source": os.path.basename(checkpoint.path),
         "dropped_keys": str(len(checkpoint.keys()) - len(kept)),
     }
-    written = write_safetensors(dst, shapes, dtypes, lambda k: tensors[k] if k in tensors else checkpoint.tensor(k), metadata)
+    written = write_safetensors(dst, shapes, dtypes,
+                                lambda k: tensors[k] if k in tensors else checkpoint.tensor(k).to(dtypes[k]), metadata)
     return {"dst": dst, "kind": checkpoint.kind, "tensors": len(shapes), "bytes": written,
             "dropped_keys": int(metadata["dropped_keys"]), "tokenizer_embedded": tok is not None}

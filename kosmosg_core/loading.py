@@ -154,7 +154,8 @@ def load_kosmosg(
     if isinstance(checkpoint, Checkpoint):
         opened = checkpoint
     else:
-        opened = open_preferring_cache(os.fspath(checkpoint)) if cache_converted else open_checkpoint(checkpoint)
+        opened = (open_preferring_cache(os.fspath(checkpoint), parse_dtype(dtype)) if cache_converted
+                  else open_checkpoint(checkpoint))
     if opened.kind == KIND_STAGE1:
         raise CheckpointError(
             f"{opened.path} is a stage-1 Kosmos-G checkpoint (checkpoint_stage1.pt): it has the "
@@ -176,7 +177,7 @@ def load_kosmosg(
             "released with this checkpoint."
         )
     if cache_converted and opened.format == "fairseq-pt":
-        cached = convert_to_cache(opened)
+        cached = convert_to_cache(opened, parse_dtype(dtype))
         if cached is not None:
             opened.close()
             opened = open_cached(cached, opened.path)

@@ -81,3 +81,12 @@ def test_the_loader_dropdown_does_not_list_the_cache(comfy):
         assert not any(CACHE_SUFFIX in name for name in comfy.folder_paths.get_filename_list("kosmos_g"))
     finally:
         os.remove(stray)
+
+
+def test_the_cache_holds_the_loaded_dtype(model_folder, monkeypatch):
+    load_kosmosg(model_folder / "checkpoint.pt", dtype="bf16")
+    (cached,) = cached_files(model_folder)
+    assert ".bfloat16" in cached.name
+    refuse_unpickling(monkeypatch)
+    encoder = load_kosmosg(model_folder / "checkpoint.pt", dtype="bf16")
+    assert encoder.dtype == torch.bfloat16
