@@ -111,9 +111,9 @@ def worker(path: str, dtype: str, tokenizer: str, repeats: int, quantization: st
     import transformers.models.kosmos2.modeling_kosmos2  # noqa: F401
 
     if quantization != "none":
-        from .quantization import _import_torchao
+        from .quantization import import_torchao
 
-        _import_torchao()
+        import_torchao()  # import cost is not load cost
     baseline = _rss_bytes()
     start = time.perf_counter()
     encoder = load_kosmosg(path, tokenizer, dtype=dtype, quantization=quantization, cache_converted=cache)

@@ -162,17 +162,17 @@ class Checkpoint:
             return self._safe.get_tensor(key)
         return self._state[key]
 
-    def read_into(self, key: str, out: torch.Tensor, reader=None) -> None:
+    def read_into(self, key: str, out: torch.Tensor, reader: "ChunkedReader | None") -> None:
         """Fill the CPU tensor ``out`` (any float dtype) with ``key``, casting on the way.
 
-        From a safetensors file the bytes go straight from the file into ``out`` when the dtypes
-        agree, else through a small reused buffer (``reader``), never a whole-file mapping: peak
-        memory stays at the model's own size.
+        From a safetensors file (``reader`` from :meth:`reader`) the bytes go straight from the
+        file into ``out`` when the dtypes agree, else through a small reused buffer: peak memory
+        stays at the model's own size. Pickled checkpoints pass ``None``.
         """
         if self._offsets is None:
             out.copy_(self._state[key])
             return
-        (reader or ChunkedReader(self.path)).read(self._offsets[key], self.dtypes[key], out)
+        reader.read(self._offsets[key], self.dtypes[key], out)
 
     def keys(self) -> list[str]:
         return list(self.shapes)
@@ -274,7 +274,6 @@ def _open_safetensors(path: str) -> Checkpoint:
         metadata = handle.metadata() or {}
     except Exception as exc:  # safetensors raises its own SafetensorError for damaged headers
         raise CheckpointError(damaged_file_message(path, exc)) from None
-    _check_safetensors_size(path, handle, keys, shapes, dtypes)
     offsets = _safetensors_offsets(path)
     tokenizer = None
     if SPM_TENSOR in shapes and DICT_TENSOR in shapes:
@@ -297,11 +296,21 @@ def _open_safetensors(path: str) -> Checkpoint:
 
 
 def _safetensors_offsets(path: str) -> dict[str, int]:
+    """Absolute byte offset of each tensor. safetensors maps lazily, so a truncated file would only
+    fail mid-load: the size the header promises is checked here, up front."""
     with open(path, "rb") as handle:
         header_len = int.from_bytes(handle.read(8), "little")
         header = json.loads(handle.read(header_len))
     start = 8 + header_len
-    return {k: start + v["data_offsets"][0] for k, v in header.items() if k != "__metadata__"}
+    entries = {k: v["data_offsets"] for k, v in header.items() if k != "__metadata__"}
+    promised = start + max((end for _, end in entries.values()), default=0)
+    actual = os.path.getsize(path)
+    if actual < promised:
+        raise CheckpointError(
+            f"could not read checkpoint {path} ({actual:,} bytes): it is truncated (its header "
+            f"promises {promised:,} bytes). Download or copy it again."
+        )
+    return {k: start + begin for k, (begin, _) in entries.items()}
 
 
 class MappedFile:
@@ -381,19 +390,6 @@ class ChunkedReader:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def _check_safetensors_size(path, handle, keys, shapes, dtypes) -> None:
-    """safetensors maps lazily, so a truncated file would only fail mid-load; check up front."""
-    with open(path, "rb") as f:
-        header_len = int.from_bytes(f.read(8), "little")
-    data_bytes = sum(torch.Size(shapes[k]).numel() * _itemsize(dtypes[k]) for k in keys)
-    actual = os.path.getsize(path)
-    if actual < 8 + header_len + data_bytes:
-        raise CheckpointError(
-            f"could not read checkpoint {path} ({actual:,} bytes): it is truncated (its header "
-            f"promises {8 + header_len + data_bytes:,} bytes). Download or copy it again."
-        )
 
 
 _SAFETENSORS_DTYPES = {

@@ -17,7 +17,7 @@ from .errors import KosmosGError
 QUANTIZATIONS = ("none", "int8")
 
 
-def _import_torchao():
+def import_torchao():
     quiet = logging.getLogger("torchao")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # it reports CUDA-only kernels it cannot load on CPU machines
@@ -36,7 +36,7 @@ def quantize_weights(model: torch.nn.Module, mode: str) -> torch.nn.Module:
         raise KosmosGError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {mode!r}")
     if mode == "none":
         return model
-    config, quantize_ = _import_torchao()
+    config, quantize_ = import_torchao()
     quantize_(model, config(), filter_fn=lambda module, _name: isinstance(module, torch.nn.Linear))
     return model
 
