@@ -428,7 +428,16 @@ def plan_files(entry: UrlFile | HubRepo, models_dir: str, mirror: str | None) ->
 def download(model: str, dest: str | None = None, mirror: str | None = None) -> list[str]:
     """Fetch one MANIFEST entry into ``dest`` (ComfyUI's models/); returns the final paths."""
     mirror = mirror or os.environ.get(MIRROR_ENV) or None
+    if mirror and (urlsplit(mirror).scheme not in ("http", "https") or not urlsplit(mirror).netloc):
+        raise DownloadError(f"the mirror must be an http:// or https:// URL, got {mirror!r} (--mirror or {MIRROR_ENV}).")
     models_dir = os.path.abspath(os.path.expanduser(dest or default_models_dir()))
+    try:
+        os.makedirs(models_dir, exist_ok=True)
+    except OSError as exc:
+        raise DownloadError(f"cannot create the models folder {models_dir} ({exc.strerror}); "
+                            "pass --dest with ComfyUI's models/ folder or another writable one.") from None
+    if not os.access(models_dir, os.W_OK):
+        raise DownloadError(f"cannot write into {models_dir}; pass --dest with a writable ComfyUI models/ folder.")
     print(f"{model}: into {models_dir}" + (f" (through the mirror {mirror})" if mirror else ""), flush=True)
     paths = []
     for entry in MANIFEST[model]:

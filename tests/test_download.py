@@ -237,3 +237,16 @@ def test_mirror_mapping_and_default_folder(monkeypatch):
     assert default_models_dir() == str(REPO / "comfy_home" / "models")
     monkeypatch.setattr("kosmosg_core.runner.host.PACK_DIR", "/opt/ComfyUI/custom_nodes/ComfyUI-KosmosG")
     assert default_models_dir() == "/opt/ComfyUI/models"
+
+
+@pytest.mark.parametrize("mirror", ["notaurl", "ftp://example.org"])
+def test_malformed_mirror_is_named(tmp_path, capsys, mirror):
+    code, _, err = run_here(capsys, "sd15", "--dest", str(tmp_path), "--mirror", mirror)
+    assert_one_line_error(code, err, "http:// or https://", repr(mirror))
+
+
+def test_unwritable_destination_is_named(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code, _, err = run_here(capsys, "sd15", "--dest", str(blocker / "models"), "--mirror", closed_port_url())
+    assert_one_line_error(code, err, "cannot create the models folder", str(blocker / "models"), "--dest")
