@@ -1,4 +1,4 @@
-"""``python -m kosmosg_core``: encode, convert, bench, download."""
+"""``python -m kosmosg_core``: encode, convert, bench, download, eval."""
 
 from __future__ import annotations
 
@@ -221,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "this pack, else comfy_home/models of the test host)")
     fetch.add_argument("--mirror", metavar="URL", help=f"fetch https://HOST/PATH as MIRROR/HOST/PATH (default: ${MIRROR_ENV})")
     fetch.set_defaults(run=_download)
+
+    from .evaluation.cli import add_eval_parser
+
+    add_eval_parser(sub)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Benchmark protocols of the Kosmos-G and GILL papers, run on our implementation."""
