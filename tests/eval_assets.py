@@ -37,16 +37,12 @@ def write_clip_tokenizer(folder: str) -> str:
 
 def write_sd(folder: str, context: int = 768) -> str:
     """diffusers SD 1.5 layout with a text encoder and tokenizer (GILL's empty-prompt negative)."""
-    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+    from diffusers import PNDMScheduler
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    torch.manual_seed(0)
-    UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32,), layers_per_block=1,
-                         down_block_types=("CrossAttnDownBlock2D",), up_block_types=("CrossAttnUpBlock2D",),
-                         cross_attention_dim=context, attention_head_dim=8, norm_num_groups=8).save_pretrained(
-        os.path.join(folder, "unet"))
-    AutoencoderKL(block_out_channels=(32,), down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
-                  latent_channels=4, norm_num_groups=8, sample_size=32).save_pretrained(os.path.join(folder, "vae"))
+    import training_assets
+
+    training_assets.write_sd(folder, context)
     PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
                   steps_offset=1, set_alpha_to_one=False).save_pretrained(os.path.join(folder, "scheduler"))
     tokenizer = write_clip_tokenizer(os.path.join(folder, "tokenizer"))

@@ -315,3 +315,26 @@ def test_gill_negative_is_sd_text_encoder_on_empty_prompt(env):
     dpms = make_scheduler("dpms")
     assert dpms.config.algorithm_type == "dpmsolver++" and dpms.config.final_sigmas_type == "sigma_min"
     assert make_scheduler("ddim").config.steps_offset == 1
+
+
+def test_accelerate_launch_splits_items_and_gives_the_single_process_images(env, capsys):
+    """Two CPU processes under ``accelerate launch`` share the items; the main one scores."""
+    import subprocess
+    import sys
+
+    common = ["visdial", "--data", env["visdial"], "--sd", env["sd"], *env["gill"], "--clip", env["clip"], "--rounds", "1", *FAST]
+    single = env["root"] / "out_single"
+    run_eval([*common, "--out", str(single)], capsys)
+    launched = env["root"] / "out_launched"
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                           "-m", "kosmosg_core", "eval", *common, "--out", str(launched)],
+                          cwd=repo, env={**os.environ, "PYTHONPATH": repo}, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    names = sorted(p.name for p in (single / "images").iterdir())
+    assert names == sorted(p.name for p in (launched / "images").iterdir()) and len(names) == 3
+    for name in names:
+        assert np.abs(pixels(single / "images" / name) - pixels(launched / "images" / name)).max() <= 1
+    a, b = load_results(single)[0]["metrics"], load_results(launched)[0]["metrics"]
+    assert a == pytest.approx(b, abs=1e-4)

@@ -128,6 +128,8 @@ def _notes(args: argparse.Namespace, sampling: Sampling, items: list, full: int,
 
 def run_eval(args: argparse.Namespace) -> int:
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        args.device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"  # one GPU per launched process
     items, skipped, variant, published = load_items(args)
     full = len(items)
     items = items[: args.limit] if args.limit else items
