@@ -34,12 +34,18 @@ def _need(path: str, what: str, hint: str) -> str:
     return path
 
 
-def _read_json(path: str, what: str, hint: str):
+def _read_json(path: str, what: str, hint: str, key: str | None = None):
+    """The parsed file, or its top-level ``key`` (checked: a wrong file is named, not a KeyError)."""
     with open(_need(path, what, hint), encoding="utf-8") as f:
         try:
-            return json.load(f)
+            data = json.load(f)
         except json.JSONDecodeError as exc:
             raise DatasetError(f"{path} is not valid JSON ({exc}); {hint}") from exc
+    if key is None:
+        return data
+    if not isinstance(data, dict) or key not in data:
+        raise DatasetError(f"{path} has no {key!r} entry: it is not the expected {what}. {hint}")
+    return data[key]
 
 
 # -- DreamBench (google/dreambooth dataset/) ---------------------------------------------------
@@ -163,11 +169,11 @@ VIST_CONTEXTS = ("captions+images", "captions", "last-caption")
 def _vist_stories(root: str) -> dict[str, list[dict]]:
     formatted = os.path.join(root, "val_formatted.json")
     if os.path.exists(formatted):
-        return _read_json(formatted, "VIST val_formatted.json", VIST_HINT)["annotations"]
+        return _read_json(formatted, "VIST val_formatted.json", VIST_HINT, "annotations")
     raw = _read_json(os.path.join(root, "val.story-in-sequence.json"), "VIST val_formatted.json or "
-                     "val.story-in-sequence.json", VIST_HINT)
+                     "val.story-in-sequence.json", VIST_HINT, "annotations")
     stories = collections.defaultdict(list)  # the grouping GILL's download script writes
-    for (ann,) in raw["annotations"]:
+    for (ann,) in raw:
         stories[ann["story_id"]].append({"caption": ann["text"], "image_id": ann["photo_flickr_id"]})
     return stories
 
@@ -213,7 +219,7 @@ VISDIAL_HINT = ("Get visdial_1.0_val.zip and VisualDialog_val2018.zip from https
 
 def visdial_items(root: str, rounds: int = 10) -> tuple[list[EvalItem], list[str]]:
     """Dialogues -> 'Q: q?\\nA: a' lines of the first ``rounds`` rounds (GILL's script: all 10)."""
-    data = _read_json(os.path.join(root, "visdial_1.0_val.json"), "VisDial visdial_1.0_val.json", VISDIAL_HINT)["data"]
+    data = _read_json(os.path.join(root, "visdial_1.0_val.json"), "VisDial visdial_1.0_val.json", VISDIAL_HINT, "data")
     images = _need(os.path.join(root, "VisualDialog_val2018"), "VisDial image folder VisualDialog_val2018/", VISDIAL_HINT)
     questions, answers = data["questions"], data["answers"]
     items, skipped = [], []

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from ..image_processing import load_image_file
 from ..sd_pipeline import empty_prompt_embedding, generate_images
 from .datasets import EvalItem
 
@@ -47,7 +48,7 @@ class KosmosGConditioner:
         self.encoder = encoder
 
     def __call__(self, items: Sequence[EvalItem]) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.encoder.encode_batch([i.prompt for i in items], [[Image.open(p) for p in i.images] for i in items])
+        out = self.encoder.encode_batch([i.prompt for i in items], [i.images for i in items])  # paths, as the nodes' files
         return out.cond, out.uncond
 
 
@@ -62,7 +63,7 @@ class GillConditioner:
     def __call__(self, items: Sequence[EvalItem]) -> tuple[torch.Tensor, torch.Tensor]:
         conds = []
         for item in items:
-            images = [Image.open(p).convert("RGB").resize((224, 224)) for p in item.images]
+            images = [load_image_file(p).resize((224, 224)) for p in item.images]
             conds.append(self.gill.encode(item.prompt, images)[0].cond)
         return torch.cat(conds), self.uncond
 
