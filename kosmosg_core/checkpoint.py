@@ -18,6 +18,7 @@ import torch
 
 from .config import ALIGNER, CONNECTOR, TEXT, VISION
 from .errors import CheckpointError
+from .host_memory import cast_into
 from .safe_pickle import damaged_file_message, restricted_torch_load
 
 CONVERTED_FORMAT = "kosmosg-core/1"
@@ -170,9 +171,14 @@ class Checkpoint:
         stays at the model's own size. Pickled checkpoints pass ``None``.
         """
         if self._offsets is None:
-            out.copy_(self._state[key])
+            cast_into(out, self._state[key])
             return
-        reader.read(self._offsets[key], self.dtypes[key], out)
+        source = self.mapped(key, keep=False)
+        if source is None:
+            reader.read(self._offsets[key], self.dtypes[key], out)
+            return
+        cast_into(out, source)
+        self._map.release(self._offsets[key], source.numel() * source.element_size())
 
     def keys(self) -> list[str]:
         return list(self.shapes)
@@ -187,14 +193,14 @@ class Checkpoint:
         for key in keys:
             yield key, self.tensor(key)
 
-    def mapped(self, key: str) -> torch.Tensor | None:
+    def mapped(self, key: str, keep: bool = True) -> torch.Tensor | None:
         """The tensor as a copy-on-write view of the file (safetensors only): nothing is copied,
         the pages are the page cache's. None where the file cannot give one."""
         if self._offsets is None:
             return None
         if self._map is None:
             self._map = MappedFile(self.path)
-        return self._map.tensor(self._offsets[key], self.dtypes[key], self.shapes[key])
+        return self._map.tensor(self._offsets[key], self.dtypes[key], self.shapes[key], keep=keep)
 
     def make_resident(self) -> None:
         if self._map is not None:
@@ -323,18 +329,33 @@ class MappedFile:
     def __init__(self, path: str):
         with open(path, "rb") as handle:
             self.map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+        self.kept: list[tuple[int, int]] = []  # byte ranges of the views handed out as weights
 
-    def tensor(self, offset: int, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor | None:
+    def tensor(self, offset: int, dtype: torch.dtype, shape: tuple[int, ...], keep: bool = True) -> torch.Tensor | None:
+        """A view of the file; ``keep=False`` for a source read once and then :meth:`release`\ d."""
         itemsize = _itemsize(dtype)
         if offset % itemsize:
             return None  # misaligned for this dtype: read it instead
         count = torch.Size(shape).numel()
+        if keep:
+            self.kept.append((offset, count * itemsize))
         return torch.frombuffer(self.map, dtype=dtype, offset=offset, count=count).view(shape)
 
+    def release(self, offset: int, nbytes: int) -> None:
+        """Drop this range's pages from the mapping once copied out (the page cache keeps them), so
+        resident memory is the weights, not the weights plus the file. Pages shared with a
+        neighbouring tensor are kept."""
+        start = -(-offset // self.PAGE) * self.PAGE
+        end = (offset + nbytes) // self.PAGE * self.PAGE
+        if end > start:
+            self.map.madvise(mmap.MADV_DONTNEED, start, end - start)
+
     def make_resident(self) -> None:
-        """Touch one byte per page (a read fault maps the cached page; nothing is copied)."""
-        pages = torch.frombuffer(self.map, dtype=torch.uint8)[:: self.PAGE]
-        int(pages.sum())
+        """Touch one byte per page of the kept views (a read fault maps the cached page; nothing
+        is copied). Released ranges stay out: they were copied into weights of another dtype."""
+        whole = torch.frombuffer(self.map, dtype=torch.uint8)
+        for offset, nbytes in self.kept:
+            int(whole[offset // self.PAGE * self.PAGE : offset + nbytes : self.PAGE].sum())
 
 
 class ChunkedReader:

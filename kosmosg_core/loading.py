@@ -7,6 +7,7 @@ small buffer), and assigned. Peak memory is the model itself plus one buffer.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from .checkpoint import KIND_STAGE1, KIND_STAGE2, Checkpoint, module_key, open_c
 from .config import KosmosGConfig
 from .encoder import KosmosGEncoder
 from .errors import CheckpointError, TokenizerError
+from .host_memory import empty_weight
 from .modeling_kosmosg import KosmosGModel
 from .quantization import quantize_weights
 from .tokenizer import DICT_FILENAME, SPM_FILENAME, KosmosGTokenizer, find_tokenizer_dir
@@ -69,6 +71,28 @@ def resolve_tokenizer(
     return KosmosGTokenizer.from_dir(found)
 
 
+@contextlib.contextmanager
+def _without_random_init():
+    """Modules still run their random init on ``meta`` (a tenth of a second at the real size, for
+    values nobody reads: every weight comes from the file). ``torch.nn.init`` is stubbed meanwhile."""
+    saved = {name: getattr(torch.nn.init, name) for name in _INIT_FUNCTIONS}
+    for name in _INIT_FUNCTIONS:
+        setattr(torch.nn.init, name, _keep)
+    try:
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(torch.nn.init, name, function)
+
+
+def _keep(tensor, *args, **kwargs):
+    return tensor
+
+
+_INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "orthogonal_",
+                   "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_")
+
+
 def build_model(
     checkpoint: Checkpoint,
     dtype: torch.dtype,
@@ -76,7 +100,7 @@ def build_model(
     progress: Callable[[int, int], None] | None = None,
 ) -> KosmosGModel:
     config = KosmosGConfig.from_shapes(checkpoint.shapes)
-    with torch.device("meta"):
+    with torch.device("meta"), _without_random_init():
         model = KosmosGModel(config)
     expected = model.state_dict().keys()
     mapping = {}
@@ -104,7 +128,7 @@ def build_model(
             if view is not None:
                 return target, view
         # a fresh tensor of the target dtype, filled from the file: no second copy of the model
-        tensor = torch.empty(shapes[target].shape, dtype=dtype)
+        tensor = empty_weight(shapes[target].shape, dtype)
         checkpoint.read_into(key, tensor, reader)
         return target, tensor.to(device) if torch.device(device).type != "cpu" else tensor
 

@@ -34,6 +34,9 @@ def test_bench_tiny_reports_every_figure(tmp_path):
     for key in ("official_pt_first_start_seconds", "official_pt_second_start_seconds", "second_over_first_start",
                 "load_over_plain_read", "peak_rss_over_weight_bytes", "parameters"):
         assert plain[key] > 0, key
+    converted = plain["converted_in_this_dtype"]  # the cache written at the first start, in fp32
+    assert converted["load_over_plain_read"] > 0 and converted["bytes"] >= 4 * plain["parameters"]
+    assert plain["fresh_memory_seconds_for_the_weights"] > 0
     assert 0 < int8["weight_bytes_over_fp16"]
     for run in (plain, int8):
         assert set(run["encode"]) == {"text_only", "one_image", "four_images"}

@@ -1,0 +1,63 @@
+"""Fresh CPU memory for weights, and casting into it.
+
+Filling 7.5 GB of fresh fp32 weights costs more in page faults than in the cast itself: Linux
+hands out fresh memory 4 KB at a time, each page zeroed on its first touch. Asking for 2 MB pages
+(``madvise(MADV_HUGEPAGE)``, honoured when transparent huge pages are ``madvise`` or ``always``)
+before the first touch more than halves the cost of a cast load. Elsewhere it is a no-op.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import sys
+import threading
+
+import torch
+
+PAGE = mmap.PAGESIZE
+HUGE_PAGE = 2 << 20
+_STAGING_ELEMENTS = 1 << 18  # fp16 -> bf16 through fp32 in cache-sized pieces: twice as fast as direct
+
+
+def _libc_madvise():
+    if not sys.platform.startswith("linux") or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return None
+    try:
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    madvise.restype = ctypes.c_int
+    return madvise
+
+
+_MADVISE = _libc_madvise()
+_local = threading.local()
+
+
+def empty_weight(shape, dtype: torch.dtype) -> torch.Tensor:
+    """``torch.empty`` on the CPU, asking for huge pages when it is big enough to use them.
+
+    The advice is a hint for the pages inside the tensor; a refusal only means 4 KB pages."""
+    tensor = torch.empty(shape, dtype=dtype)
+    nbytes = tensor.numel() * tensor.element_size()
+    if _MADVISE is not None and nbytes >= 2 * HUGE_PAGE:
+        start = -(-tensor.data_ptr() // PAGE) * PAGE
+        end = (tensor.data_ptr() + nbytes) // PAGE * PAGE
+        _MADVISE(start, end - start, mmap.MADV_HUGEPAGE)
+    return tensor
+
+
+def cast_into(out: torch.Tensor, source: torch.Tensor) -> None:
+    """``out.copy_(source)`` for same-sized tensors of any float dtypes, at memory speed."""
+    out, source = out.view(-1), source.reshape(-1)
+    if not (source.dtype == torch.float16 and out.dtype == torch.bfloat16):
+        out.copy_(source)
+        return
+    if not hasattr(_local, "staging"):
+        _local.staging = torch.empty(_STAGING_ELEMENTS, dtype=torch.float32)
+    staging = _local.staging
+    for start in range(0, out.numel(), _STAGING_ELEMENTS):
+        piece = source[start : start + _STAGING_ELEMENTS]
+        out[start : start + piece.numel()].copy_(staging[: piece.numel()].copy_(piece))

@@ -1,0 +1,111 @@
+"""Loading a converted file into any dtype: exact weights, views where no cast is needed, and no
+resident copy of the file left behind where one is."""
+
+from __future__ import annotations
+
+import mmap
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from kosmosg_core import load_kosmosg
+from kosmosg_core.checkpoint import MappedFile, module_key, open_checkpoint
+from kosmosg_core.convert import write_converted
+from kosmosg_core.host_memory import cast_into, empty_weight
+from kosmosg_core.loading import build_model
+
+
+@pytest.fixture(scope="module")
+def fp16_file(official_fixture, tmp_path_factory) -> Path:
+    """The fixture converted to fp16 (the release's own dtype), tokenizer embedded."""
+    from kosmosg_core.tokenizer import KosmosGTokenizer
+
+    path = tmp_path_factory.mktemp("fp16") / "checkpoint_final.safetensors"
+    source = open_checkpoint(official_fixture / "checkpoint.pt")
+    tok = KosmosGTokenizer.from_dir(str(official_fixture))
+    write_converted(source, str(path), tok, dtype=torch.float16)
+    source.close()
+    return path
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_every_weight_is_the_file_cast_exactly(fp16_file, dtype):
+    encoder = load_kosmosg(fp16_file, dtype=dtype)
+    weights = encoder.model.state_dict()
+    checkpoint = open_checkpoint(fp16_file)
+    compared = 0
+    for key in checkpoint.keys():
+        target = module_key(key)
+        if target in weights:
+            expected = checkpoint.tensor(key).to(dtype)
+            assert weights[target].dtype == dtype
+            assert torch.equal(weights[target].view(-1).view(torch.uint8), expected.view(-1).view(torch.uint8)), key
+            compared += 1
+    assert compared == len(weights)
+
+
+def smaps_field(address: int, field: str) -> list[str]:
+    """The ``field`` line of the process mapping holding ``address`` (from /proc/self/smaps)."""
+    inside = False
+    with open("/proc/self/smaps") as handle:
+        for line in handle:
+            head, *rest = line.split()
+            if "-" in head and not head.endswith(":"):
+                start, end = (int(x, 16) for x in head.split("-"))
+                inside = start <= address < end
+            elif inside and head == field + ":":
+                return rest
+    raise AssertionError(f"no mapping holds {address:#x} in /proc/self/smaps")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
+def test_cast_sources_leave_the_mapping_and_kept_views_stay(tmp_path):
+    path = tmp_path / "blob"
+    path.write_bytes(torch.arange(3 << 20, dtype=torch.float16).numpy().tobytes())  # 6 MiB
+    mapped = MappedFile(str(path))
+    source = mapped.tensor(0, torch.float16, (2 << 20,), keep=False)  # first 4 MiB: cast, then released
+    out = torch.empty(source.shape, dtype=torch.float32)
+    cast_into(out, source)
+    mapped.release(0, 4 << 20)
+    kept = mapped.tensor(4 << 20, torch.float16, (1 << 20,))  # last 2 MiB: a weight viewing the file
+    mapped.make_resident()
+    assert torch.equal(out, torch.arange(2 << 20, dtype=torch.float16).float())
+    assert torch.equal(kept, torch.arange(2 << 20, 3 << 20, dtype=torch.float16))
+    rss_kib = int(smaps_field(torch.frombuffer(mapped.map, dtype=torch.uint8).data_ptr(), "Rss")[0])
+    assert 2048 <= rss_kib <= 2048 + 8  # the kept view, not the released source
+
+
+def test_fp16_to_bf16_cast_matches_torch_on_awkward_values():
+    values = torch.tensor([0.0, -0.0, 1 / 3, 65504.0, 6e-8, -6e-5, float("inf"), float("-inf"), float("nan")])
+    source = torch.cat([torch.randn(300_001).half(), values.half()])  # longer than one staging piece, odd length
+    out = torch.empty(source.shape, dtype=torch.bfloat16)
+    cast_into(out, source)
+    expected = source.to(torch.bfloat16)
+    numbers = ~expected.isnan()
+    assert torch.equal(out[numbers].view(torch.int16), expected[numbers].view(torch.int16))
+    assert out[~numbers].isnan().all() and int((~numbers).sum()) == 1  # NaN stays NaN (its payload may differ)
+
+
+def _huge_page_advice() -> str:
+    try:
+        return Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return ""
+
+
+@pytest.mark.skipif("[never]" in _huge_page_advice() or not _huge_page_advice(),
+                    reason="transparent huge pages are off or absent here")
+def test_fresh_weights_ask_for_huge_pages():
+    tensor = empty_weight((4 << 20,), torch.float32)  # 16 MiB
+    assert "hg" in smaps_field(tensor.data_ptr() + (8 << 20), "VmFlags")
+
+
+def test_a_cast_load_releases_every_source_and_keeps_no_view(fp16_file, monkeypatch):
+    released = []
+    monkeypatch.setattr(MappedFile, "release", lambda self, offset, nbytes: released.append(offset))
+    checkpoint = open_checkpoint(fp16_file)
+    build_model(checkpoint, torch.float32)
+    assert checkpoint._map.kept == []
+    assert sorted(released) == sorted(checkpoint._offsets[key] for key in checkpoint.keys() if module_key(key))
