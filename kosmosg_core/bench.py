@@ -22,7 +22,7 @@ import time
 
 from .converted_cache import CACHE_FOLDER
 
-NEEDED_DISK_BYTES = {"real": 8_500_000_000, "tiny": 50_000_000}
+NEEDED_DISK_BYTES = {"real": 16_000_000_000, "tiny": 50_000_000}  # .pt + converted + the fp32 cache
 
 
 def _rss_bytes() -> int:

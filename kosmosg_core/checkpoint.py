@@ -332,7 +332,7 @@ class MappedFile:
         self.kept: list[tuple[int, int]] = []  # byte ranges of the views handed out as weights
 
     def tensor(self, offset: int, dtype: torch.dtype, shape: tuple[int, ...], keep: bool = True) -> torch.Tensor | None:
-        """A view of the file; ``keep=False`` for a source read once and then :meth:`release`\ d."""
+        """A view of the file; ``keep=False`` for a source read once and then released."""
         itemsize = _itemsize(dtype)
         if offset % itemsize:
             return None  # misaligned for this dtype: read it instead

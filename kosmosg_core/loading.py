@@ -1,8 +1,9 @@
 """Checkpoint file -> ready :class:`KosmosGEncoder`, without a second copy of the weights.
 
-The model is built on the ``meta`` device (no random init); each weight is then allocated once in
-the target dtype and filled straight from the file (safetensors: ``readinto``, casting through a
-small buffer), and assigned. Peak memory is the model itself plus one buffer.
+The model is built on the ``meta`` device (no random init). Weights already in the target dtype
+stay views of the memory-mapped file; the others are cast straight from the mapping into fresh
+memory (see :mod:`kosmosg_core.host_memory`), whose source pages are then dropped. With int8 each
+linear is quantized as it arrives. Peak memory is the loaded model plus a few tensors.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,7 +23,7 @@ from .encoder import KosmosGEncoder
 from .errors import CheckpointError, TokenizerError
 from .host_memory import empty_weight
 from .modeling_kosmosg import KosmosGModel
-from .quantization import quantize_weights
+from .quantization import quantize_linear, quantized_weight_names
 from .tokenizer import DICT_FILENAME, SPM_FILENAME, KosmosGTokenizer, find_tokenizer_dir
 
 logger = logging.getLogger(__name__)
@@ -98,60 +100,87 @@ def build_model(
     dtype: torch.dtype,
     device: str | torch.device = "cpu",
     progress: Callable[[int, int], None] | None = None,
+    quantization: str = "none",
 ) -> KosmosGModel:
+    """The model, every weight read once into ``dtype`` on ``device``. With ``quantization`` each
+    linear weight is quantized as soon as it is read, so the full-precision model never exists."""
     config = KosmosGConfig.from_shapes(checkpoint.shapes)
     with torch.device("meta"), _without_random_init():
         model = KosmosGModel(config)
-    expected = model.state_dict().keys()
-    mapping = {}
-    for key in checkpoint.keys():
-        target = module_key(key)
-        if target is not None and target in expected:
-            mapping[target] = key
-    missing = sorted(set(expected) - set(mapping))
-    if missing:
-        raise CheckpointError(
-            f"{checkpoint.path} lacks {len(missing)} weight(s) the model needs, e.g. "
-            f"{', '.join(missing[:4])}. The file is incomplete or from another model version."
-        )
-    total = len(mapping)
     shapes = model.state_dict()
+    mapping = _official_keys(checkpoint, shapes)
+    quantized = quantized_weight_names(model, quantization)
     reader = checkpoint.reader()
-    done = 0
-
     on_cpu = torch.device(device).type == "cpu"
 
     def read(target: str) -> tuple[str, torch.Tensor]:
         key = mapping[target]
-        if on_cpu and checkpoint.dtypes[key] == dtype:
+        if on_cpu and checkpoint.dtypes[key] == dtype and target not in quantized:
             view = checkpoint.mapped(key)  # same dtype: a view of the file, nothing copied
             if view is not None:
                 return target, view
         # a fresh tensor of the target dtype, filled from the file: no second copy of the model
         tensor = empty_weight(shapes[target].shape, dtype)
         checkpoint.read_into(key, tensor, reader)
-        return target, tensor.to(device) if torch.device(device).type != "cpu" else tensor
+        return target, tensor if on_cpu else tensor.to(device)
 
     state = {}
-    # Two readers overlap file reads, page faults of the fresh memory and casts (all release the GIL).
+    # Unquantized weights first, biggest first; two readers overlap file reads, page faults of the
+    # fresh memory and casts (all release the GIL), a few tensors ahead of the consumer at most.
+    order = sorted(mapping, key=lambda t: (t in quantized, -shapes[t].numel()))
     with ThreadPoolExecutor(max_workers=LOAD_THREADS if reader is not None else 1) as pool:
         try:
-            for target, tensor in pool.map(read, sorted(mapping, key=lambda t: -shapes[t].numel())):
-                state[target] = tensor
-                done += 1
+            for done, (target, tensor) in enumerate(_ahead(pool, read, order, 2 * LOAD_THREADS), start=1):
+                if target in quantized:
+                    quantize_linear(model.get_submodule(target.removesuffix(".weight")), tensor, quantization)
+                else:
+                    state[target] = tensor
                 if progress is not None:
-                    progress(done, total)
+                    progress(done, len(order))
         finally:
             if reader is not None:
                 reader.close()
     checkpoint.make_resident()  # "loaded" means in memory, not merely mapped
     try:
-        model.load_state_dict(state, strict=True, assign=True)
+        model.load_state_dict(state, strict=not quantized, assign=True)
     except RuntimeError as exc:
         raise CheckpointError(f"{checkpoint.path}: weights do not fit together ({exc})") from None
     del state
     model.reset_non_persistent_buffers(device)
     return model.eval().requires_grad_(False)
+
+
+def _official_keys(checkpoint: Checkpoint, shapes: dict[str, torch.Tensor]) -> dict[str, str]:
+    """Model key -> checkpoint key for every weight the model needs, shapes checked up front."""
+    mapping = {}
+    for key in checkpoint.keys():
+        target = module_key(key)
+        if target is not None and target in shapes:
+            mapping[target] = key
+    missing = sorted(set(shapes) - set(mapping))
+    if missing:
+        raise CheckpointError(
+            f"{checkpoint.path} lacks {len(missing)} weight(s) the model needs, e.g. "
+            f"{', '.join(missing[:4])}. The file is incomplete or from another model version."
+        )
+    for target, key in mapping.items():
+        if tuple(checkpoint.shapes[key]) != tuple(shapes[target].shape):
+            raise CheckpointError(
+                f"{checkpoint.path}: {key} has shape {tuple(checkpoint.shapes[key])} but the other weights "
+                f"make it {tuple(shapes[target].shape)}; the file is damaged or mixes two models."
+            )
+    return mapping
+
+
+def _ahead(pool: ThreadPoolExecutor, function, items: list, window: int):
+    """``pool.map`` that runs at most ``window`` items ahead of the consumer (bounded memory)."""
+    pending = deque()
+    for item in items:
+        pending.append(pool.submit(function, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 def load_kosmosg(
@@ -205,6 +234,6 @@ def load_kosmosg(
         if cached is not None:
             opened.close()
             opened = open_cached(cached, opened.path)
-    model = build_model(opened, parse_dtype(dtype), device, progress)
+    model = build_model(opened, parse_dtype(dtype), device, progress, quantization)
     opened.close()
-    return KosmosGEncoder(quantize_weights(model, quantization), tok)
+    return KosmosGEncoder(model, tok)

@@ -3,7 +3,8 @@
 Every ``nn.Linear`` of the MLLM, vision tower, connector and AlignerNet keeps its weight as int8
 with one scale per output row; activations stay in the model's dtype, so LayerNorm, softmax and
 the fp32 GELU of the official code are untouched. Embedding tables stay in the model's dtype.
-torchao is optional: only this option needs it.
+The loader quantizes each linear as soon as it has read it, so loading never holds the
+full-precision model. torchao is optional: only this option needs it.
 """
 
 from __future__ import annotations
@@ -30,15 +31,23 @@ def import_torchao():
     return Int8WeightOnlyConfig, quantize_
 
 
-def quantize_weights(model: torch.nn.Module, mode: str) -> torch.nn.Module:
-    """Quantize ``model`` in place (``mode``: none | int8) and return it."""
+def quantized_weight_names(model: torch.nn.Module, mode: str) -> set[str]:
+    """The weights ``mode`` (none | int8) quantizes: those of every ``nn.Linear``. Checked before
+    any weight is read, so a bad mode or a missing torchao costs nothing."""
     if mode not in QUANTIZATIONS:
         raise KosmosGError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {mode!r}")
     if mode == "none":
-        return model
+        return set()
+    import_torchao()
+    return {f"{name}.weight" for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+
+
+def quantize_linear(linear: torch.nn.Linear, weight: torch.Tensor, mode: str) -> None:
+    """Give ``linear`` its full-precision ``weight`` and quantize it at once (the loader calls this
+    per layer, so only a few full-precision weights are alive at any time)."""
     config, quantize_ = import_torchao()
-    quantize_(model, config(), filter_fn=lambda module, _name: isinstance(module, torch.nn.Linear))
-    return model
+    linear.weight = torch.nn.Parameter(weight, requires_grad=False)
+    quantize_(linear, config())
 
 
 def resident_weight_bytes(model: torch.nn.Module) -> int:

@@ -109,3 +109,55 @@ def test_a_cast_load_releases_every_source_and_keeps_no_view(fp16_file, monkeypa
     build_model(checkpoint, torch.float32)
     assert checkpoint._map.kept == []
     assert sorted(released) == sorted(checkpoint._offsets[key] for key in checkpoint.keys() if module_key(key))
+
+
+def test_int8_quantizes_layer_by_layer_to_the_same_weights(fp16_file, monkeypatch):
+    """Each linear is quantized as soon as it is read (a few full-precision weights alive at a
+    time, not the whole model), giving exactly what quantizing the loaded model gives."""
+    import weakref
+
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    import kosmosg_core.loading as loading
+
+    alive, most_alive = set(), []
+    real_empty, real_quantize = loading.empty_weight, loading.quantize_linear
+
+    def tracked_empty(shape, dtype):
+        tensor = real_empty(shape, dtype)
+        alive.add(id(tensor))
+        weakref.finalize(tensor, alive.discard, id(tensor))
+        return tensor
+
+    def tracked_quantize(linear, weight, mode):
+        most_alive.append(len(alive))
+        real_quantize(linear, weight, mode)
+
+    monkeypatch.setattr(loading, "empty_weight", tracked_empty)
+    monkeypatch.setattr(loading, "quantize_linear", tracked_quantize)
+    streamed = build_model(open_checkpoint(fp16_file), torch.float32, quantization="int8")
+    linears = [m for m in streamed.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(most_alive) == len(linears) > 0
+    others = len(streamed.state_dict()) - len(linears)  # read first and kept: every non-linear weight
+    assert max(most_alive) - others <= 2 * loading.LOAD_THREADS + 1
+
+    monkeypatch.undo()
+    whole = build_model(open_checkpoint(fp16_file), torch.float32)
+    quantize_(whole, Int8WeightOnlyConfig(), filter_fn=lambda module, _name: isinstance(module, torch.nn.Linear))
+    for (name, a), (_, b) in zip(streamed.state_dict().items(), whole.state_dict().items(), strict=True):
+        assert type(a) is type(b) and torch.equal(a.dequantize() if hasattr(a, "dequantize") else a,
+                                                   b.dequantize() if hasattr(b, "dequantize") else b), name
+
+
+def test_a_weight_of_the_wrong_shape_is_named_before_anything_is_read(fp16_file, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from kosmosg_core.errors import CheckpointError
+
+    tensors = load_file(fp16_file)
+    key = next(k for k in tensors if ".layers.1." in k and k.endswith("fc1.weight"))
+    tensors[key] = tensors[key][:-1]
+    damaged = tmp_path / "damaged.safetensors"
+    save_file(tensors, damaged, metadata=open_checkpoint(fp16_file).metadata)
+    with pytest.raises(CheckpointError, match=f"{key} has shape .* but the other weights make it"):
+        load_kosmosg(damaged)
