@@ -21,7 +21,7 @@ from .checkpoint import KIND_STAGE1, KIND_STAGE2, Checkpoint, module_key, open_c
 from .config import KosmosGConfig
 from .encoder import KosmosGEncoder
 from .errors import CheckpointError, TokenizerError
-from .host_memory import empty_weight
+from .host_memory import empty_weight, return_freed_memory
 from .modeling_kosmosg import KosmosGModel
 from .quantization import quantize_linear, quantized_weight_names
 from .tokenizer import DICT_FILENAME, SPM_FILENAME, KosmosGTokenizer, find_tokenizer_dir
@@ -133,6 +133,8 @@ def build_model(
             for done, (target, tensor) in enumerate(_ahead(pool, read, order, 2 * LOAD_THREADS), start=1):
                 if target in quantized:
                     quantize_linear(model.get_submodule(target.removesuffix(".weight")), tensor, quantization)
+                    del tensor
+                    return_freed_memory()
                 else:
                     state[target] = tensor
                 if progress is not None:

@@ -161,3 +161,21 @@ def test_a_weight_of_the_wrong_shape_is_named_before_anything_is_read(fp16_file,
     save_file(tensors, damaged, metadata=open_checkpoint(fp16_file).metadata)
     with pytest.raises(CheckpointError, match=f"{key} has shape .* but the other weights make it"):
         load_kosmosg(damaged)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_freed_holes_between_kept_tensors_go_back_to_the_os():
+    from kosmosg_core.host_memory import _MALLOC_TRIM, return_freed_memory
+
+    if _MALLOC_TRIM is None:
+        pytest.skip("this libc has no malloc_trim")
+
+    def rss_mib() -> float:
+        with open("/proc/self/status") as handle:
+            return next(int(line.split()[1]) for line in handle if line.startswith("VmRSS:")) / 1024
+
+    tensors = [torch.ones(25_000) for _ in range(4000)]  # 100 KB each, from the heap
+    del tensors[::2]  # 200 MB of holes between the kept half, like freed fp weights between int8 ones
+    before = rss_mib()
+    return_freed_memory()
+    assert before - rss_mib() > 100
