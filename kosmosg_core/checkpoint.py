@@ -18,7 +18,7 @@ import torch
 
 from .config import ALIGNER, CONNECTOR, TEXT, VISION
 from .errors import CheckpointError
-from .host_memory import cast_into
+from .host_memory import PAGE, cast_into, inner_pages
 from .safe_pickle import damaged_file_message, restricted_torch_load
 
 CONVERTED_FORMAT = "kosmosg-core/1"
@@ -166,9 +166,9 @@ class Checkpoint:
     def read_into(self, key: str, out: torch.Tensor, reader: "ChunkedReader | None") -> None:
         """Fill the CPU tensor ``out`` (any float dtype) with ``key``, casting on the way.
 
-        From a safetensors file (``reader`` from :meth:`reader`) the bytes go straight from the
-        file into ``out`` when the dtypes agree, else through a small reused buffer: peak memory
-        stays at the model's own size. Pickled checkpoints pass ``None``.
+        From a safetensors file the source is the mapped file, released once copied, so peak memory
+        stays at the model's own size; ``reader`` (from :meth:`reader`) serves tensors whose offset
+        is misaligned for their dtype. Pickled checkpoints pass ``None``.
         """
         if self._offsets is None:
             cast_into(out, self._state[key])
@@ -324,7 +324,6 @@ class MappedFile:
     are views of it, so loading costs page-table entries, not copies. A write to a weight copies
     just that page; the file itself never changes."""
 
-    PAGE = 4096
 
     def __init__(self, path: str):
         with open(path, "rb") as handle:
@@ -345,8 +344,7 @@ class MappedFile:
         """Drop this range's pages from the mapping once copied out (the page cache keeps them), so
         resident memory is the weights, not the weights plus the file. Pages shared with a
         neighbouring tensor are kept."""
-        start = -(-offset // self.PAGE) * self.PAGE
-        end = (offset + nbytes) // self.PAGE * self.PAGE
+        start, end = inner_pages(offset, nbytes)
         if end > start:
             self.map.madvise(mmap.MADV_DONTNEED, start, end - start)
 
@@ -355,13 +353,14 @@ class MappedFile:
         is copied). Released ranges stay out: they were copied into weights of another dtype."""
         whole = torch.frombuffer(self.map, dtype=torch.uint8)
         for offset, nbytes in self.kept:
-            int(whole[offset // self.PAGE * self.PAGE : offset + nbytes : self.PAGE].sum())
+            int(whole[offset // PAGE * PAGE : offset + nbytes : PAGE].sum())
 
 
 class ChunkedReader:
     """Reads tensors out of one file with positional reads (``os.preadv``, no shared file offset,
     GIL released), so several threads can fill different tensors at once: directly into the
-    destination when no cast is needed, else through a small per-thread buffer."""
+    destination when no cast is needed, else through a small per-thread buffer. Only tensors the
+    file stores misaligned for their dtype need it; the others are cast from the mapping."""
 
     def __init__(self, path: str, chunk_bytes: int = 16 << 20):
         self.path = path
@@ -369,30 +368,20 @@ class ChunkedReader:
         self.chunk_bytes = chunk_bytes
         self.local = threading.local()
 
-    def _buffers(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(raw bytes, fp32 staging) for this thread; fp16 -> bf16 is twice as fast through fp32."""
-        if not hasattr(self.local, "raw"):
-            self.local.raw = torch.empty(self.chunk_bytes, dtype=torch.uint8)
-            self.local.staging = torch.empty(self.chunk_bytes // 2, dtype=torch.float32)
-        return self.local.raw, self.local.staging
-
     def read(self, offset: int, dtype: torch.dtype, out: torch.Tensor) -> None:
         flat = out.view(-1)
         if dtype == out.dtype:
             self._fill(flat.view(torch.uint8).numpy(), offset)
             return
-        raw, staging = self._buffers()
+        if not hasattr(self.local, "raw"):
+            self.local.raw = torch.empty(self.chunk_bytes, dtype=torch.uint8)
         itemsize = _itemsize(dtype)
-        per_chunk = raw.numel() // itemsize
-        via_fp32 = dtype == torch.float16 and out.dtype == torch.bfloat16
+        per_chunk = self.chunk_bytes // itemsize
         for start in range(0, flat.numel(), per_chunk):
             count = min(per_chunk, flat.numel() - start)
-            chunk = raw[: count * itemsize]
+            chunk = self.local.raw[: count * itemsize]
             self._fill(chunk.numpy(), offset + start * itemsize)
-            source = chunk.view(dtype)
-            if via_fp32:
-                source = staging[:count].copy_(source)
-            flat[start : start + count].copy_(source)
+            cast_into(flat[start : start + count], chunk.view(dtype))
 
     def _fill(self, view, offset: int) -> None:
         memory = memoryview(view).cast("B")

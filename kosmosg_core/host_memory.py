@@ -37,6 +37,11 @@ _MALLOC_TRIM = _libc("malloc_trim", [ctypes.c_size_t])
 _local = threading.local()
 
 
+def inner_pages(start: int, nbytes: int) -> tuple[int, int]:
+    """The page-aligned part of ``[start, start + nbytes)``: advice never touches a neighbour's page."""
+    return -(-start // PAGE) * PAGE, (start + nbytes) // PAGE * PAGE
+
+
 def empty_weight(shape, dtype: torch.dtype) -> torch.Tensor:
     """``torch.empty`` on the CPU, asking for huge pages when it is big enough to use them.
 
@@ -44,8 +49,7 @@ def empty_weight(shape, dtype: torch.dtype) -> torch.Tensor:
     tensor = torch.empty(shape, dtype=dtype)
     nbytes = tensor.numel() * tensor.element_size()
     if _MADVISE is not None and nbytes >= 2 * HUGE_PAGE:
-        start = -(-tensor.data_ptr() // PAGE) * PAGE
-        end = (tensor.data_ptr() + nbytes) // PAGE * PAGE
+        start, end = inner_pages(tensor.data_ptr(), nbytes)
         _MADVISE(start, end - start, mmap.MADV_HUGEPAGE)
     return tensor
 

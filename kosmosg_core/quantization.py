@@ -9,6 +9,7 @@ full-precision model. torchao is optional: only this option needs it.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import torch
@@ -18,6 +19,7 @@ from .errors import KosmosGError
 QUANTIZATIONS = ("none", "int8")
 
 
+@functools.cache  # the loader asks once per layer
 def import_torchao():
     quiet = logging.getLogger("torchao")
     level = quiet.level

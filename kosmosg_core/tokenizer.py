@@ -46,13 +46,13 @@ class FairseqDictionary:
         dictionary = cls()
         for special in FAIRSEQ_SPECIALS:
             dictionary.add_symbol(special)
-        symbols, indices = dictionary.symbols, dictionary.indices  # 64k lines: no call per line
+        symbols, indices = dictionary.symbols, dictionary.indices  # 64k lines: no method call per line
         for line_no, line in enumerate(text.splitlines(), start=1):
             word, sep, count = line.rstrip().rpartition(" ")
             overwrite = count == "#fairseq:overwrite"
             if overwrite:
                 word, sep, count = word.rpartition(" ")
-            if not sep or not (count.isdigit() or count.lstrip("-").isdigit()):
+            if not sep or not count.lstrip("-").isdigit():
                 if not line.strip():
                     continue
                 raise TokenizerError(
@@ -61,7 +61,7 @@ class FairseqDictionary:
                 )
             if word in indices and not overwrite:
                 raise TokenizerError(f"{source} line {line_no}: duplicate piece {word!r}.")
-            indices[word] = len(symbols)
+            indices[word] = len(symbols)  # add_symbol(word, overwrite=True), inlined
             symbols.append(word)
         for symbol in APPENDED_SYMBOLS:
             dictionary.add_symbol(symbol)

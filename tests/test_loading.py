@@ -179,3 +179,19 @@ def test_freed_holes_between_kept_tensors_go_back_to_the_os():
     before = rss_mib()
     return_freed_memory()
     assert before - rss_mib() > 100
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_tensor_stored_misaligned_is_read_and_cast_in_pieces(tmp_path, dtype):
+    """Where the file cannot give a view (offset not a multiple of the item size) the positional
+    reader fills the weight, chunk by chunk, with the same cast."""
+    from kosmosg_core.checkpoint import ChunkedReader
+
+    source = torch.randn(5000).half()
+    path = tmp_path / "blob"
+    path.write_bytes(b"\0" + source.numpy().tobytes())
+    assert MappedFile(str(path)).tensor(1, torch.float16, (5000,)) is None
+    out = torch.empty(5000, dtype=dtype)
+    with ChunkedReader(str(path), chunk_bytes=4096) as reader:
+        reader.read(1, torch.float16, out)
+    assert torch.equal(out, source.to(dtype))
