@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .errors import KosmosGError
+from .errors import KosmosGError, guarded_main
 
 
 def _save(tensors: dict, path: str, metadata: dict) -> None:
@@ -228,10 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def _run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.run(args)
-    except KosmosGError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return args.run(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Every failure is one line on stderr (exit 2 for bad input); ``--debug`` shows the traceback."""
+    return guarded_main(_run, argv, "python -m kosmosg_core")
