@@ -4,17 +4,36 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .errors import KosmosGError, guarded_main
+from .safe_files import atomic_write_with, refuse_input_as_output
 
 
 def _save(tensors: dict, path: str, metadata: dict) -> None:
-    """float32 for floating tensors, contiguous CPU copies, safetensors."""
+    """float32 for floating tensors, contiguous CPU copies, safetensors; written temp-then-rename."""
     from safetensors.torch import save_file
 
     tensors = {k: (v.float() if v.is_floating_point() else v).detach().cpu().contiguous() for k, v in tensors.items()}
-    save_file(tensors, path, metadata=metadata)
+    atomic_write_with(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def _inputs(args: argparse.Namespace) -> list[str]:
+    """Every file or folder the command reads: no output may be one of them (or a file in them)."""
+    found = [getattr(args, name, None) for name in ("checkpoint", "llm", "vision", "index", "tokenizer", "source", "src")]
+    found += list(getattr(args, "image", None) or [])
+    for checkpoint in (getattr(args, "checkpoint", None), getattr(args, "src", None)):
+        if checkpoint and os.path.isfile(checkpoint):  # the tokenizer files beside it
+            folder = os.path.dirname(os.path.abspath(checkpoint))
+            found += [os.path.join(folder, name) for name in ("sentencepiece.bpe.model", "dict.txt")]
+    return [item for item in found if item]
+
+
+def _check_output(args: argparse.Namespace, flag: str = "--out") -> None:
+    out = getattr(args, flag.lstrip("-").replace("-", "_"), None)
+    if out:
+        refuse_input_as_output(out, _inputs(args), flag)
 
 
 def _load_gill(args: argparse.Namespace):
@@ -81,7 +100,7 @@ def _gill_index(args: argparse.Namespace) -> int:
 
         index = build_index(gill, args.source, progress=progress)
         bar.close()
-    index.save(args.out)
+    atomic_write_with(args.out, index.save)
     print(json.dumps({"out": args.out, "images": len(index.paths), "dim": int(index.embeddings.shape[1])}))
     return 0
 
@@ -134,10 +153,17 @@ def _download(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the pack's error format: one ``error:`` line naming the command, exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .download import MANIFEST, MIRROR_ENV
 
-    parser = argparse.ArgumentParser(prog="python -m kosmosg_core", description=__doc__)
+    parser = _Parser(prog="python -m kosmosg_core", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     enc = sub.add_parser("encode", help="prompt + images -> conditioning safetensors (Kosmos-G or GILL)")
@@ -230,6 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("encode", "generate-text", "gill-index"):
+        _check_output(args)
+    elif args.command == "convert":
+        _check_output(args, "dst")
     return args.run(args)
 
 

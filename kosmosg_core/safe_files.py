@@ -77,13 +77,13 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
 def refuse_input_as_output(output: str | os.PathLike, inputs: Iterable[str | os.PathLike | None],
                            flag: str = "the output") -> None:
     """An output path that is one of the inputs (or a file inside an input folder) would destroy it."""
-    out_real = os.path.realpath(output)
+    inputs = [item for item in inputs if item]
     for item in inputs:
-        if not item:
-            continue
         if same_file(output, item):
             raise OutputPathError(f"{flag} {output} is the input file {item}: writing it would destroy the "
                                   "input. Choose another output path.")
+    out_real = os.path.realpath(output)
+    for item in inputs:
         if os.path.isdir(item) and out_real.startswith(os.path.realpath(item) + os.sep) and os.path.exists(output):
             raise OutputPathError(f"{flag} {output} is a file inside the input folder {item}: writing it would "
                                   "change the input. Choose another output path.")

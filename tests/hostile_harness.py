@@ -39,10 +39,10 @@ class Outcome:
 def run_python(args: list[str], cwd: str | os.PathLike | None = None, env: dict | None = None,
                timeout: float = CASE_TIMEOUT_S, stdin: str | None = None) -> Outcome:
     """``python ARGS`` in a fresh process with the memory cap; never raises on timeout."""
-    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]),
+    inherited = {k: v for k, v in os.environ.items() if k != "KOSMOSG_DEBUG"}
+    full_env = {**inherited, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]),
                 "KOSMOSG_NO_CONVERT_CACHE": os.environ.get("KOSMOSG_NO_CONVERT_CACHE", "1"),
                 "PYTHONDONTWRITEBYTECODE": "1", **(env or {})}
-    full_env.pop("KOSMOSG_DEBUG", None)
     try:
         done = subprocess.run([sys.executable, *args], cwd=cwd, env=full_env, capture_output=True, text=True,
                               timeout=timeout, preexec_fn=_limit_memory, input=stdin if stdin is not None else "")
