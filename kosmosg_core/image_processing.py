@@ -13,37 +13,78 @@ Official path (``AppModel._build_image_transform()['gpt']`` + ``kosmosg_preproce
 
 ComfyUI ``IMAGE`` tensors ([B,H,W,C] float in 0..1, as ``LoadImage`` stores k/255) map back to
 8-bit pixels by ``round(x * 255)`` clamped to 0..255, which recovers the file's bytes exactly.
+
+Limits (hostile files are downloaded from strangers): an image file must be a regular file of at
+most 1 GiB whose header declares at most 100,000,000 pixels (``MAX_IMAGE_PIXELS``; an 8000x8000
+photo is 64 MP), checked before anything is decoded; the same pixel limit holds for tensors and
+PIL images passed in. The resize target (shorter side -> S, longer side -> S * long / short) may
+hold at most 50,000,000 pixels (``MAX_RESIZED_PIXELS``: at S = 224 an aspect ratio up to about
+1000:1), so a 1 x 2,000,000 strip is refused instead of asking for tens of GB. Pillow's
+decompression-bomb warning and error become one :class:`ImageError`.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
+from struct import error as struct_error
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
+from .safe_files import regular_file
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _MODE_FOR_CHANNELS = {1: "L", 3: "RGB", 4: "RGBA"}
 
+MAX_IMAGE_PIXELS = 100_000_000  # decoded width * height; 8000x8000 (64 MP) photos pass
+MAX_RESIZED_PIXELS = 50_000_000  # the resize target before the centre crop
+MAX_IMAGE_BYTES = 1 << 30  # an image file larger than this is not a picture we can use
+
+
+def check_pixel_count(width: int, height: int, what: str = "image") -> None:
+    """Refuse sizes above :data:`MAX_IMAGE_PIXELS` (before any pixel is decoded or copied)."""
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageError(
+            f"{what} is {width}x{height} = {width * height:,} pixels, more than the {MAX_IMAGE_PIXELS:,} "
+            "this pipeline decodes (it shrinks every image to a few hundred pixels anyway): downscale it first."
+        )
+
 
 def load_image_file(path: str | os.PathLike) -> Image.Image:
-    """Decode an image file the way the official demo received it (EXIF applied, RGB)."""
+    """Decode an image file the way the official demo received it (EXIF applied, RGB).
+
+    Only regular files (a FIFO would block forever); the size in the header is checked before
+    the pixels are decoded."""
+    path = regular_file(path, "image file", ImageError, max_bytes=MAX_IMAGE_BYTES)
     try:
-        with Image.open(path) as image:
-            image.load()
-            return to_rgb(image)
+        with warnings.catch_warnings():  # our own limit is checked from the header below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                check_pixel_count(image.width, image.height, f"image {path}")
+                image.load()
+                check_pixel_count(image.width, image.height, f"image {path}")  # some formats pick a size on load
+                return to_rgb(image)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"image {path} is refused as a decompression bomb ({exc}): it declares more pixels "
+                         f"than the {MAX_IMAGE_PIXELS:,} this pipeline decodes.") from None
     except FileNotFoundError:
         raise ImageError(f"image file not found: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ImageError(f"{path} is not a readable image file ({exc}).") from None
+    except MemoryError:
+        raise ImageError(f"image {path} needs more memory to decode than is available.") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError,
+            KeyError, ZeroDivisionError, OverflowError, struct_error) as exc:
+        raise ImageError(f"{path} is not a readable image file ({' '.join(str(exc).split())[:300]}).") from None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """EXIF orientation, then Pillow's ``convert("RGB")``: alpha dropped, grey replicated."""
+    check_pixel_count(image.width, image.height)
     image = ImageOps.exif_transpose(image)
     if image.width == 0 or image.height == 0:
         raise ImageError(f"image has no pixels ({image.width}x{image.height}).")
@@ -61,11 +102,14 @@ def _check_layout(shape: tuple[int, ...]) -> None:
 def array_to_pil(pixels: np.ndarray | torch.Tensor) -> Image.Image:
     """One [H,W,C] image (float 0..1 or uint8, C in 1/3/4) to an RGB PIL image."""
     if isinstance(pixels, torch.Tensor):
+        if pixels.ndim in (2, 3):  # checked before the float64 copy below
+            check_pixel_count(pixels.shape[1], pixels.shape[0], "image tensor")
         pixels = pixels.detach().cpu()
         pixels = pixels.numpy() if pixels.dtype == torch.uint8 else pixels.double().numpy()
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
     _check_layout(tuple(pixels.shape))
+    check_pixel_count(pixels.shape[1], pixels.shape[0], "image tensor")
     if pixels.dtype != np.uint8:
         pixels = np.asarray(pixels, dtype=np.float64)
         if not np.isfinite(pixels).all():
@@ -108,9 +152,22 @@ def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
     return (new_short, new_long) if width <= height else (new_long, new_short)
 
 
+def check_resize(width: int, height: int, size: int) -> tuple[int, int]:
+    """The resize target of a ``width`` x ``height`` image, refused above :data:`MAX_RESIZED_PIXELS`
+    (a thin strip resized to ``size`` on its short side would need gigabytes)."""
+    new_w, new_h = resized_size(width, height, size)
+    if new_w * new_h > MAX_RESIZED_PIXELS:
+        raise ImageError(
+            f"image is {width}x{height}: resizing its shorter side to {size} would make it {new_w}x{new_h} "
+            f"= {new_w * new_h:,} pixels, more than the {MAX_RESIZED_PIXELS:,} allowed (aspect ratio too "
+            "extreme); crop it closer to a square first."
+        )
+    return new_w, new_h
+
+
 def resize_bicubic(image: Image.Image, size: int) -> Image.Image:
     """Pillow 8-bit bicubic, horizontal pass then vertical pass, as Pillow 9.4-12 do it."""
-    new_w, new_h = resized_size(image.width, image.height, size)
+    new_w, new_h = check_resize(image.width, image.height, size)
     if new_w != image.width:
         image = image.resize((new_w, image.height), Image.BICUBIC)
     if new_h != image.height:

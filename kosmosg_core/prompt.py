@@ -7,6 +7,10 @@ one prompt, because "which image does this ``<i>`` mean" would then have two ans
 Layout (``AppModel.kosmosg_preprocess``): ``<s>``, then for each placeholder the ids of the text
 before it, ``<image>``, Q slots (id of ``<image>`` as a placeholder), ``</image>``; then the
 trailing text. No ``</s>``. The slots are where the connector outputs go, in prompt order.
+
+Prompts are user text: image numbers are ASCII digits only (``<image١>`` is text, not image 1),
+text that is not valid Unicode (a lone surrogate) is refused with its position, and text that
+spells a special token (``<image>``, ``</s>``) never becomes that token.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from dataclasses import dataclass
 from .errors import PromptError
 from .tokenizer import KosmosGTokenizer
 
-_PLACEHOLDER = re.compile(r"<i>|<image(\d+)>")
+_PLACEHOLDER = re.compile(r"<i>|<image([0-9]+)>", re.ASCII)  # \d would also match Arabic-Indic and other digits
+_SURROGATE = re.compile("[\ud800-\udfff]")
+MAX_IMAGE_NUMBER_DIGITS = 6
 
 
 @dataclass(frozen=True)
@@ -27,11 +33,28 @@ class PromptLayout:
     image_order: list[int]  # for each placeholder in prompt order, the index of the image it shows
 
 
+def check_text(text: str, what: str = "prompt") -> str:
+    """``text`` if it is a ``str`` of valid Unicode (lone surrogates, e.g. from a broken file or
+    clipboard, cannot be encoded by any tokenizer)."""
+    if not isinstance(text, str):
+        raise PromptError(f"{what} must be text, got {type(text).__name__}")
+    bad = _SURROGATE.search(text)
+    if bad:
+        raise PromptError(
+            f"the {what} is not valid Unicode: a lone surrogate U+{ord(bad.group()):04X} at character "
+            f"{bad.start()} (counting from 0). Retype or re-paste that part of the text."
+        )
+    return text
+
+
 def split_prompt(prompt: str, num_images: int) -> tuple[list[str], list[int]]:
     """Text segments around the placeholders, and which image each placeholder refers to."""
-    if not isinstance(prompt, str):
-        raise PromptError(f"prompt must be text, got {type(prompt).__name__}")
+    check_text(prompt)
     matches = list(_PLACEHOLDER.finditer(prompt))
+    for match in matches:
+        if match.group(1) is not None and len(match.group(1).lstrip("0")) > MAX_IMAGE_NUMBER_DIGITS:
+            raise PromptError(f"the prompt names image {match.group(1)[:20]}... at character {match.start()}: "
+                              "no run has that many images; use <image1>, <image2>, ...")
     numbered = [m for m in matches if m.group(1) is not None]
     if numbered and len(numbered) != len(matches):
         raise PromptError(
@@ -71,10 +94,10 @@ def build_layout(tokenizer: KosmosGTokenizer, prompt: str, num_images: int, slot
     segments, order = split_prompt(prompt, num_images)
     tokens, mask = [tokenizer.bos_id], [0]
     for text in segments[:-1]:
-        ids = tokenizer.encode(text)
+        ids = text_ids(tokenizer, text)
         tokens += ids + [tokenizer.boi_id] * (slots + 1) + [tokenizer.eoi_id]
         mask += [0] * len(ids) + [0] + [1] * slots + [0]
-    ids = tokenizer.encode(segments[-1])
+    ids = text_ids(tokenizer, segments[-1])
     tokens += ids
     mask += [0] * len(ids)
     return PromptLayout(tokens, mask, order)
@@ -82,8 +105,17 @@ def build_layout(tokenizer: KosmosGTokenizer, prompt: str, num_images: int, slot
 
 def build_negative_tokens(tokenizer: KosmosGTokenizer, negative: str | None) -> list[int]:
     """``[<s>] + ids(negative)``; an empty negative gives ``[<s>]``, the official null prompt."""
-    if negative is not None and not isinstance(negative, str):
-        raise PromptError(f"negative prompt must be text, got {type(negative).__name__}")
+    if negative is not None:
+        check_text(negative, "negative prompt")
     if negative and _PLACEHOLDER.search(negative):
         raise PromptError("the negative prompt is text only: remove the image placeholders from it.")
-    return [tokenizer.bos_id] + (tokenizer.encode(negative) if negative else [])
+    return [tokenizer.bos_id] + (text_ids(tokenizer, negative) if negative else [])
+
+
+def text_ids(tokenizer: KosmosGTokenizer, text: str) -> list[int]:
+    """Ids of user text. SentencePiece never turns typed ``<image>`` or ``</s>`` into those
+    symbols, but a model that lists one as a piece would: such ids become ``<unk>``, so the
+    layout's own ``<s>``/``<image>``/``</image>`` stay the only ones in the sequence."""
+    ids = tokenizer.encode(text)
+    reserved = {tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id, tokenizer.boi_id, tokenizer.eoi_id}
+    return [tokenizer.unk_id if i in reserved else i for i in ids]
