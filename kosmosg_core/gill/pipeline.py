@@ -11,6 +11,8 @@ official logit rules ([IMG1..7] never sampled, [IMG0] scaled, the whole block ap
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -22,6 +24,31 @@ from ..prompt import split_prompt
 from .modeling import DecisionModel, GILLHeads
 
 VISUAL = -100  # marks visual-prefix positions in input_ids (the official convention)
+
+
+class GenerationSettingError(PromptError, ValueError):
+    """A generation setting (temperature, top_p, max_new_tokens, ...) outside its range."""
+
+
+def check_generation_settings(max_new_tokens, temperature, top_p, min_word_tokens=0, ret_scale=1.0,
+                              gen_scale=1.0, seed=None) -> None:
+    """One clear error for a setting no sampler can use (checked before any model work)."""
+    def number(name, value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise GenerationSettingError(f"{name} must be a finite number, got {value!r}.")
+        return value
+
+    for name, value in (("max_new_tokens", max_new_tokens), ("min_word_tokens", min_word_tokens)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise GenerationSettingError(f"{name} must be a whole number >= 0, got {value!r}.")
+    if number("temperature", temperature) < 0:
+        raise GenerationSettingError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}.")
+    if not 0 < number("top_p", top_p) <= 1:
+        raise GenerationSettingError(f"top_p must be in (0, 1] (1 = no nucleus cut), got {top_p!r}.")
+    for name, value in (("ret_scale", ret_scale), ("gen_scale", gen_scale)):
+        number(name, value)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**64):
+        raise GenerationSettingError(f"seed must be a whole number in [-2^63, 2^64), got {seed!r}.")
 
 
 @dataclass
@@ -75,6 +102,54 @@ class GILL:
     def modules(self) -> list[torch.nn.Module]:
         return [m for m in (self.lm, self.vision, self.heads, self.decision_model) if m is not None]
 
+    @property
+    def max_positions(self) -> int | None:
+        """How many positions the LLM has (OPT: ``max_position_embeddings``, 2048)."""
+        value = getattr(getattr(self.lm, "config", None), "max_position_embeddings", None)
+        return int(value) if isinstance(value, int) and value > 0 else None
+
+    def check_positions(self, context_length: int, reserve: int, what: str) -> None:
+        """``context_length`` prompt positions plus ``reserve`` more must fit the LLM's positions."""
+        limit = self.max_positions
+        if limit is not None and context_length + reserve > limit:
+            raise PromptError(
+                f"the GILL prompt takes {context_length} positions (text tokens, "
+                f"{self.heads.config.n_visual_tokens} per image) and {what} needs {reserve} more, but the "
+                f"LLM has {limit} positions: shorten the prompt{' or lower max_new_tokens' if 'generat' in what else ''}."
+            )
+
+    def text_ids(self, text: str, add_bos: bool) -> list[int]:
+        """Token ids of user text. Text that spells an added or special token (``[IMG0]``,
+        ``<|image|>``, ``</s>``) is tokenised as the literal characters it is, never as that token;
+        any other text exactly as the tokenizer does it (the official path)."""
+        literals = getattr(self, "_literal_strings", None)
+        if literals is None:
+            literals = self._literal_strings = tuple(
+                {str(t) for t in self.tokenizer.get_added_vocab()} | {str(t) for t in self.tokenizer.all_special_tokens}
+            )
+        if not any(literal and literal in text for literal in literals):
+            return list(self.tokenizer(text, add_special_tokens=add_bos).input_ids)
+        prefix = list(self.tokenizer("", add_special_tokens=True).input_ids) if add_bos else []
+        return prefix + self._plain_ids(text)
+
+    def _plain_ids(self, text: str) -> list[int]:
+        """The tokenizer's own normaliser, pre-tokeniser and BPE with no added tokens at all."""
+        plain = getattr(self, "_plain_tokenizer", None)
+        if plain is None:
+            backend = getattr(self.tokenizer, "backend_tokenizer", None)
+            if backend is not None:
+                from tokenizers import Tokenizer
+
+                spec = json.loads(backend.to_str())
+                spec["added_tokens"] = []
+                plain = Tokenizer.from_str(json.dumps(spec))
+            else:
+                plain = False
+            self._plain_tokenizer = plain
+        if plain is False:  # a slow tokenizer: split_special_tokens turns off every added token
+            return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True).input_ids)
+        return list(plain.encode(text, add_special_tokens=False).ids)
+
     def input_embeddings(self, ids) -> torch.Tensor:
         ids = torch.as_tensor(ids, dtype=torch.long, device=self.device).reshape(1, -1)
         return self.lm.get_input_embeddings()(ids)
@@ -89,16 +164,23 @@ class GILL:
         return self.vision(pixel_values=pixels.to(self.device, vision_dtype)).pooler_output.to(self.dtype)
 
     @torch.inference_mode()
-    def context(self, prompt: str, images=()) -> tuple[torch.Tensor, list[int]]:
-        """Input embeddings (1, T, D) of the interleaved prompt, and ids with -100 at visual slots."""
+    def context(self, prompt: str, images=(), reserve: int = 0,
+                what: str = "what follows") -> tuple[torch.Tensor, list[int]]:
+        """Input embeddings (1, T, D) of the interleaved prompt, and ids with -100 at visual slots.
+
+        ``T + reserve`` must fit the LLM's positions; checked before any embedding is made."""
         pictures = as_pil_images(images)
         segments, order = split_prompt(prompt, len(pictures))
+        segment_ids, add_bos = [], True
+        for text in segments:
+            segment_ids.append(self.text_ids(text, add_bos) if text else None)  # empty segments are dropped,
+            add_bos = add_bos and not text                                       # as the official demo does
+        length = sum(len(t) for t in segment_ids if t) + self.heads.config.n_visual_tokens * len(order)
+        self.check_positions(length, reserve, what)
         visual = self.heads.visual_prefix(self.image_features([pictures[i] for i in order])) if order else None
-        pieces, ids, add_bos = [], [], True
-        for position, text in enumerate(segments):
-            if text:  # empty segments are dropped, as the official demo does
-                text_ids = self.tokenizer(text, add_special_tokens=add_bos).input_ids
-                add_bos = False
+        pieces, ids = [], []
+        for position, text_ids in enumerate(segment_ids):
+            if text_ids is not None:
                 pieces.append(self.input_embeddings(text_ids))
                 ids += text_ids
             if position < len(order):
@@ -140,7 +222,7 @@ class GILL:
     @torch.inference_mode()
     def encode(self, prompt: str, images=()) -> tuple[ImageSlot, list[int]]:
         """Context + [IMG0..7] in one forward pass -> the image slot's outputs."""
-        context, ids = self.context(prompt, images)
+        context, ids = self.context(prompt, images, reserve=len(self.img_token_ids), what="the [IMG] block")
         embeds = torch.cat([context, self.input_embeddings(self.img_token_ids)], dim=1)
         hidden, _ = self._decoder(embeds, cache=False)
         return self.image_slot(hidden[:, -len(self.img_token_ids) :]), ids
@@ -176,7 +258,8 @@ class GILL:
                  use_cache: bool = True, stop_at_newline: bool = True,
                  callback: Callable[[int, int], None] | None = None) -> Generation:
         """Greedy (temperature 0) or sampled text; each [IMG0] becomes an image slot."""
-        context, _ = self.context(prompt, images)
+        check_generation_settings(max_new_tokens, temperature, top_p, min_word_tokens, ret_scale, gen_scale, seed)
+        context, _ = self.context(prompt, images, reserve=max_new_tokens, what=f"generating {max_new_tokens} tokens")
         generator = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None
         newline = self.tokenizer("\n", add_special_tokens=False).input_ids[0]
         hidden, cache = self._decoder(context, cache=None if use_cache else False)
@@ -189,6 +272,7 @@ class GILL:
                                      ret_scale, gen_scale, generator)
             chosen = list(self.img_token_ids) if token == self.img_token_ids[0] else [token]
             new_ids += chosen
+            self._check_generated_length(context.shape[1], len(new_ids))
             if stop_at_newline and token == newline and len(new_ids) > 1:
                 break
             if step == max_new_tokens - 1 and len(chosen) == 1:
@@ -205,6 +289,14 @@ class GILL:
                 slots.append(self.image_slot(new_hidden))
         ids = torch.tensor([new_ids], dtype=torch.long)
         return Generation(ids=ids, text=self.decode(new_ids, stop_at_newline), slots=slots)
+
+    def _check_generated_length(self, context_length: int, generated: int) -> None:
+        limit = self.max_positions
+        if limit is not None and context_length + generated > limit:
+            raise PromptError(
+                f"generation ran past the LLM's {limit} positions ({context_length} prompt + {generated} generated; "
+                f"each image slot takes {len(self.img_token_ids)}): lower max_new_tokens or shorten the prompt."
+            )
 
     def decode(self, ids: list[int], stop_at_newline: bool = True) -> str:
         """Text of generated ids; each [IMG0..7] block becomes ``<i>``."""
