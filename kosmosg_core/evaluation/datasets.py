@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..errors import KosmosGError
+from ..safe_files import read_text, regular_file
 
 
 class DatasetError(KosmosGError):
@@ -31,16 +32,21 @@ class EvalItem:
 def _need(path: str, what: str, hint: str) -> str:
     if not os.path.exists(path):
         raise DatasetError(f"{what} not found: {path}. {hint}")
+    if not os.path.isdir(path):  # a FIFO or device would block the read forever
+        regular_file(path, what, DatasetError)
     return path
+
+
+def _read_text(path: str, what: str, hint: str) -> str:
+    return read_text(_need(path, what, hint), what, DatasetError, max_bytes=2 << 30)
 
 
 def _read_json(path: str, what: str, hint: str, key: str | None = None):
     """The parsed file, or its top-level ``key`` (checked: a wrong file is named, not a KeyError)."""
-    with open(_need(path, what, hint), encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{path} is not valid JSON ({exc}); {hint}") from exc
+    try:
+        data = json.loads(_read_text(path, what, hint))
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise DatasetError(f"{path} is not valid JSON ({exc}); {hint}") from None
     if key is None:
         return data
     if not isinstance(data, dict) or key not in data:
@@ -83,11 +89,10 @@ def _dreambench_classes(dataset: str) -> dict[str, str]:
     """subject -> class word from prompts_and_classes.txt (``subject_name,class`` lines)."""
     path = _need(os.path.join(dataset, "prompts_and_classes.txt"), "DreamBench prompts_and_classes.txt", DREAMBENCH_HINT)
     classes = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            match = re.fullmatch(r"\s*([A-Za-z0-9_]+)\s*,\s*([A-Za-z ]+?)\s*", line)
-            if match and match.group(1) != "subject_name":
-                classes[match.group(1)] = match.group(2)
+    for line in _read_text(path, "DreamBench prompts_and_classes.txt", DREAMBENCH_HINT).splitlines():
+        match = re.fullmatch(r"\s*([A-Za-z0-9_]+)\s*,\s*([A-Za-z ]+?)\s*", line)
+        if match and match.group(1) != "subject_name":
+            classes[match.group(1)] = match.group(2)
     if not classes:
         raise DatasetError(f"{path} lists no 'subject_name,class' lines; {DREAMBENCH_HINT}")
     return classes

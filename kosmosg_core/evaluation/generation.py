@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from ..image_processing import load_image_file
+from ..safe_files import atomic_write_with
 from ..sd_pipeline import empty_prompt_embedding, generate_images
 from .datasets import EvalItem
 
@@ -78,9 +79,7 @@ def _distributed():
 
 
 def _save(image: Image.Image, path: str) -> None:
-    tmp = path + ".partial.png"
-    image.save(tmp)
-    os.replace(tmp, path)
+    atomic_write_with(path, image.save)
 
 
 def generate_missing(items: Sequence[EvalItem], conditioner: Callable, pipe, sampling: Sampling, out_dir: str,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+from ..safe_files import atomic_write_text
+
 METRIC_NAMES = {"dino": "DINO ↑", "clip_i": "CLIP-I ↑", "clip_t": "CLIP-T ↑", "fid": "FID ↓", "clip": "CLIP sim ↑",
                 "lpips": "LPIPS ↓"}
 
@@ -26,7 +28,5 @@ def write_results(out_dir: str, result: dict) -> tuple[str, str]:
     json_path, md_path = os.path.join(out_dir, "results.json"), os.path.join(out_dir, "results.md")
     table = markdown_table(result["title"], result["metrics"], result["published"], result["notes"])
     for path, text in ((json_path, json.dumps(result, indent=2) + "\n"), (md_path, table)):
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(path + ".tmp", path)
+        atomic_write_text(path, text)
     return json_path, md_path
