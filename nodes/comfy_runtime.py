@@ -16,7 +16,9 @@ import comfy.utils
 import folder_paths
 import torch
 
-from ..kosmosg_core.encoder import KosmosGEncoder
+from kosmosg_core.encoder import KosmosGEncoder
+from kosmosg_core.errors import CheckpointError, ImageError
+from kosmosg_core.runner import name_problem
 
 CHECKPOINT_EXTENSIONS = {".pt", ".pth", ".safetensors"}
 
@@ -41,6 +43,22 @@ def missing_file_message(name: str, filename: str, what: str) -> str:
         f"{filename!r} is not in the {name} model folder(s): {'; '.join(folders)}. {what} "
         f"Put it in one of those folders (or add a '{name}:' entry to extra_model_paths.yaml) and refresh."
     )
+
+
+def check_model_name(name, what: str, folder: str) -> str:
+    """A file or folder name picked in a dropdown (or written into a workflow) that stays inside the
+    model folders: no ``..``, no absolute path, no NUL byte. A bad one is a one-line CheckpointError."""
+    problem = name_problem(name)
+    if problem or not isinstance(name, str):
+        raise CheckpointError(f"{what} {name!r:.200} {problem or 'is not a name'}: pick a {what} from the list; it "
+                              f"must be a name inside the {folder} model folder(s): {'; '.join(model_folders(folder))}.")
+    return name
+
+
+def inside_folder(path: str, root: str) -> bool:
+    """``path`` (links resolved) is ``root`` or below it."""
+    real, base = os.path.realpath(path), os.path.realpath(root)
+    return real.startswith(base.rstrip(os.sep) + os.sep)
 
 
 def resolve_dtype(choice: str, device: torch.device) -> torch.dtype:
@@ -96,15 +114,32 @@ def image_inputs() -> dict:
     return optional
 
 
-def frames(images: torch.Tensor | None) -> list[torch.Tensor]:
-    """A [B,H,W,C] IMAGE batch is B separate images."""
-    return [] if images is None else list(images)
+def frames(images, socket: str = "image") -> list[torch.Tensor]:
+    """A [B,H,W,C] IMAGE batch is B separate images ([H,W,C] is one); anything else is named."""
+    if images is None:
+        return []
+    if not isinstance(images, torch.Tensor):
+        raise ImageError(f"{socket} got {type(images).__name__}, not an IMAGE: connect an IMAGE output (e.g. Load Image).")
+    if images.ndim == 3:
+        images = images[None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3, 4) or 0 in images.shape:
+        raise ImageError(f"{socket} got a tensor of shape {tuple(images.shape)}; an IMAGE is [batch, height, width, "
+                         "channels] with 1, 3 or 4 channels. Check the node that makes it.")
+    if not (images.is_floating_point() or images.dtype == torch.uint8):
+        raise ImageError(f"{socket} got a {images.dtype} tensor; an IMAGE holds floats from 0 to 1.")
+    if images.is_floating_point() and not bool(torch.isfinite(images).all()):
+        raise ImageError(f"{socket} holds NaN or infinite pixel values. Check the node that makes the image.")
+    return list(images)
 
 
 def collect_images(sockets: dict, more_images=None) -> list[torch.Tensor]:
     """Images in prompt order: image_1's batch, image_2, ..., then ``more_images``."""
-    found = [f for i in range(1, MAX_IMAGE_SOCKETS + 1) for f in frames(sockets.get(f"image_{i}"))]
-    return found + list(more_images or [])
+    found = [f for i in range(1, MAX_IMAGE_SOCKETS + 1) for f in frames(sockets.get(f"image_{i}"), f"image_{i}")]
+    if more_images is not None and not isinstance(more_images, (list, tuple)):
+        raise ImageError(f"more_images got {type(more_images).__name__}; connect a KosmosG Image List.")
+    for frame in more_images or ():
+        found += frames(frame, "more_images")
+    return found
 
 
 def as_conditioning(embeds: torch.Tensor) -> list:

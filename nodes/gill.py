@@ -14,16 +14,18 @@ import folder_paths
 import numpy as np
 import torch
 
-from ..kosmosg_core.errors import CheckpointError
-from ..kosmosg_core.gill import load_gill
-from ..kosmosg_core.gill.checkpoint import CHECKPOINT_FILE
-from ..kosmosg_core.gill.retrieval import RetrievalIndex
-from ..kosmosg_core.hooks import per_layer
-from ..kosmosg_core.image_processing import load_image_file
+from kosmosg_core.errors import CheckpointError
+from kosmosg_core.gill import load_gill
+from kosmosg_core.gill.checkpoint import CHECKPOINT_FILE
+from kosmosg_core.gill.retrieval import RetrievalIndex
+from kosmosg_core.hooks import per_layer
+from kosmosg_core.image_processing import load_image_file
 from .comfy_runtime import (
     as_conditioning,
+    check_model_name,
     collect_images,
     image_inputs,
+    inside_folder,
     managed,
     model_folders,
     progress_callback,
@@ -68,9 +70,10 @@ def gill_subfolders(kind: str) -> list[str]:
 
 
 def resolve_subfolder(name: str, what: str) -> str:
+    check_model_name(name, f"{what} folder", MODEL_FOLDER)
     for root in model_folders(MODEL_FOLDER):
         candidate = os.path.join(root, name)
-        if os.path.isdir(candidate):
+        if os.path.isdir(candidate) and inside_folder(candidate, root):
             return candidate
     raise CheckpointError(
         f"{what} folder {name!r} is not in the gill model folder(s): {'; '.join(model_folders(MODEL_FOLDER))}. "
@@ -229,7 +232,7 @@ class GILLRetrieve:
         }
 
     def retrieve(self, gill: GILLRuntime, index, prompt, top_k, more_images=None, **sockets):
-        path = folder_paths.get_full_path(MODEL_FOLDER, index)
+        path = folder_paths.get_full_path(MODEL_FOLDER, check_model_name(index, "retrieval index", MODEL_FOLDER))
         if path is None:
             raise CheckpointError(f"retrieval index {index!r} is not in {'; '.join(model_folders(MODEL_FOLDER))}.")
         table = RetrievalIndex.load(path)

@@ -8,10 +8,12 @@ from __future__ import annotations
 import folder_paths
 import torch
 
-from ..kosmosg_core.loading import load_kosmosg
-from ..kosmosg_core.quantization import QUANTIZATIONS
+from kosmosg_core.errors import CheckpointError, ImageError
+from kosmosg_core.loading import load_kosmosg
+from kosmosg_core.quantization import QUANTIZATIONS
 from .comfy_runtime import (
     KosmosGRuntime,
+    check_model_name,
     collect_images,
     frames,
     image_inputs,
@@ -62,14 +64,18 @@ class KosmosGLoader:
 
     @classmethod
     def VALIDATE_INPUTS(cls, checkpoint):
+        try:
+            check_model_name(checkpoint, "checkpoint", MODEL_FOLDER)
+        except CheckpointError as exc:
+            return str(exc)
         if folder_paths.get_full_path(MODEL_FOLDER, checkpoint) is None:
             return missing_file_message(MODEL_FOLDER, checkpoint, WHAT_TO_DOWNLOAD)
         return True
 
     def load(self, checkpoint: str, dtype: str, device: str, quantization: str = "none"):
-        path = folder_paths.get_full_path(MODEL_FOLDER, checkpoint)
+        path = folder_paths.get_full_path(MODEL_FOLDER, check_model_name(checkpoint, "checkpoint", MODEL_FOLDER))
         if path is None:
-            raise FileNotFoundError(missing_file_message(MODEL_FOLDER, checkpoint, WHAT_TO_DOWNLOAD))
+            raise CheckpointError(missing_file_message(MODEL_FOLDER, checkpoint, WHAT_TO_DOWNLOAD))
         load_device, offload_device = resolve_devices(device)
         progress = progress_callback()
         encoder = load_kosmosg(
@@ -127,6 +133,8 @@ class KosmosGImageList:
         }
 
     def collect(self, image: torch.Tensor, previous=None):
+        if previous is not None and not isinstance(previous, (list, tuple)):
+            raise ImageError(f"previous got {type(previous).__name__}; connect another KosmosG Image List.")
         return (tuple(previous or ()) + tuple(frames(image)),)
 
 

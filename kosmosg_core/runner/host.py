@@ -17,11 +17,13 @@ import sys
 import uuid
 from dataclasses import dataclass, field
 
+from ..errors import KosmosGError
+
 PACK_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-class ComfyNotFound(RuntimeError):
-    pass
+class ComfyNotFound(KosmosGError, RuntimeError):
+    """No ComfyUI to run in (a set-up problem, said in one line)."""
 
 
 def find_comfyui(explicit: str | None = None) -> str:

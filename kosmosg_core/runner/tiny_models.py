@@ -131,15 +131,59 @@ def write_tiny_gill_folders(folder: str) -> dict[str, str]:
     return paths
 
 
+def _publish_new(staged: str, dest: str) -> str:
+    """Moves a finished file or folder into place unless something is already there (never over it)."""
+    if not os.path.lexists(dest):
+        try:
+            os.rename(staged, dest)  # atomic; a folder rename fails rather than merge into one made meanwhile
+        except OSError:
+            if not os.path.lexists(dest):
+                raise
+    return dest
+
+
+def _staged(dest_folder: str, write) -> dict[str, str]:
+    """``write(tmp_folder)`` in a hidden folder beside the destination, then each new entry moved in.
+
+    Every model appears complete or not at all, and a file already in ``dest_folder`` (the user's,
+    or an earlier run's) is kept as it is."""
+    import shutil
+    import tempfile
+
+    tmp = tempfile.mkdtemp(prefix=".tiny-", dir=dest_folder)
+    try:
+        write(tmp)
+        return {name: _publish_new(os.path.join(tmp, name), os.path.join(dest_folder, name))
+                for name in sorted(os.listdir(tmp))}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def write_tiny_models(models_dir: str) -> dict[str, str]:
-    """Every file the example workflows name, in ComfyUI's folder layout under ``models_dir``."""
+    """Every file the example workflows name, in ComfyUI's folder layout under ``models_dir``.
+
+    Written temp-then-rename; a name that already exists is left alone (a rerun reuses them)."""
     folders = {name: os.path.join(models_dir, name) for name in ("checkpoints", "controlnet", "loras", "kosmos_g", "gill")}
     for folder in folders.values():
         os.makedirs(folder, exist_ok=True)
+
+    def single(folder: str, name: str, writer) -> str:
+        dest = os.path.join(folders[folder], name)
+        if os.path.lexists(dest):
+            return dest
+        return _staged(folders[folder], lambda tmp: writer(os.path.join(tmp, name)))[name]
+
+    gill = {GILL_RELEASE: "release", GILL_LLM: "llm", GILL_VISION: "vision"}
+    gill_paths = {gill[name]: os.path.join(folders["gill"], name) for name in gill}
+    if not all(os.path.lexists(p) for p in gill_paths.values()):
+        _staged(folders["gill"], write_tiny_gill_folders)
+    kosmos = os.path.join(folders["kosmos_g"], KOSMOSG_CHECKPOINT)
+    if not os.path.lexists(kosmos):
+        _staged(folders["kosmos_g"], write_tiny_kosmosg)
     return {
-        "checkpoint": write_tiny_sd15(os.path.join(folders["checkpoints"], SD15_CHECKPOINT)),
-        "controlnet": write_tiny_controlnet(os.path.join(folders["controlnet"], CONTROLNET)),
-        "lora": write_tiny_lora(os.path.join(folders["loras"], LORA)),
-        "kosmos_g": write_tiny_kosmosg(folders["kosmos_g"]),
-        **{f"gill_{k}": v for k, v in write_tiny_gill_folders(folders["gill"]).items()},
+        "checkpoint": single("checkpoints", SD15_CHECKPOINT, write_tiny_sd15),
+        "controlnet": single("controlnet", CONTROLNET, write_tiny_controlnet),
+        "lora": single("loras", LORA, write_tiny_lora),
+        "kosmos_g": kosmos,
+        **{f"gill_{k}": v for k, v in gill_paths.items()},
     }
