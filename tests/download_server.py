@@ -16,6 +16,7 @@ redirect LFS files to a CDN host with the sha256 in ``X-Linked-Etag``).
         web.log                        # every request: method, path, headers, status, body bytes
         web.cut[path] = 1000           # close the connection after 1000 body bytes
         web.corrupt(path)              # send other bytes, keep the real metadata
+        web.hostile[path] = Hostile(...)  # lie, stall, drip, never end (see Hostile)
 
 ``FakeWeb`` on its own serves whatever ``add_file`` and ``add_hub_repo`` give it.
 """
@@ -27,7 +28,9 @@ import hashlib
 import json
 import random
 import socket
+import struct
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -60,11 +63,42 @@ class Served:
         return '"' + hashlib.sha1(self.body).hexdigest() + '"'
 
 
+ENDLESS_MAX = 256 << 20  # an "endless" body still ends here, so a broken client cannot loop the test forever
+STALL_MAX_S = 60.0  # a stalled answer waits at most this long (or until the server shuts down)
+
+
+@dataclass
+class Hostile:
+    """How a path misbehaves (every field optional; GET unless it says HEAD).
+
+    ``head_headers``/``head_status``: what a HEAD answers instead (a lying HEAD). ``status``: GETs
+    answer this status with ``body`` (or a short text). ``body``: sent instead of the file, under
+    the file's own metadata unless ``headers`` overrides it; ``headers`` adds or replaces headers (a
+    None value drops one, "Content-Length" included). ``no_length``: no Content-Length, the body
+    ends when the connection closes. ``endless``: after the body, this pattern repeats until the
+    client goes (at most ``ENDLESS_MAX`` bytes). ``stall_s``: read the request, then answer nothing
+    for that long. ``drip``: (bytes, seconds) per piece. ``content_range``: the Content-Range of a
+    206; ``always_206``: a 206 even to a request without Range."""
+
+    head_headers: dict[str, str | None] | None = None
+    head_status: int | None = None
+    status: int | None = None
+    body: bytes | None = None
+    headers: dict[str, str | None] = field(default_factory=dict)
+    no_length: bool = False
+    endless: bytes | None = None
+    stall_s: float = 0.0
+    drip: tuple[int, float] | None = None
+    content_range: str | None = None
+    always_206: bool = False
+
+
 @dataclass
 class FakeWeb:
     files: dict[str, Served] = field(default_factory=dict)
     redirects: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)  # path -> (Location, headers)
     cut: dict[str, int] = field(default_factory=dict)
+    hostile: dict[str, Hostile] = field(default_factory=dict)
     log: list[Logged] = field(default_factory=list)
     models: dict[str, dict[str, bytes]] = field(default_factory=dict)
     paths: dict[str, str] = field(default_factory=dict)
@@ -118,12 +152,14 @@ class FakeWeb:
         return f"http://{host}:{port}"
 
     def __enter__(self) -> FakeWeb:
+        self.closing = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,), daemon=True)
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
+        self.closing.set()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join()
@@ -144,24 +180,37 @@ def _handler(web: FakeWeb) -> type[BaseHTTPRequestHandler]:
             logged = Logged(self.command, self.path, {k.lower(): v for k, v in self.headers.items()})
             web.log.append(logged)
             path = urlsplit(self.path).path
+            bad = web.hostile.get(path, Hostile())
+            if bad.stall_s:
+                web.closing.wait(min(bad.stall_s, STALL_MAX_S))
+                self.close_connection = True
+                return
             if path in web.redirects:
                 location, headers = web.redirects[path]
                 return self.reply(logged, 302, {"Location": location, **headers})
             served = web.files.get(path)
             if served is None:
                 return self.reply(logged, 404, {}, b"Entry not found")
+            if head and (bad.head_headers is not None or bad.head_status):
+                return self.reply(logged, bad.head_status or 200, bad.head_headers or {}, b"", head=True)
+            if bad.status and not head:
+                return self.reply(logged, bad.status, bad.headers, b"Server error" if bad.body is None else bad.body)
             body = served.body if served.sent is None else served.sent
+            body = body if bad.body is None else bad.body
             start = self.range_start(served.etag)
             if start is not None and start >= len(body):
                 return self.reply(logged, 416, {"Content-Range": f"bytes */{len(body)}"})
-            status = 200 if start is None else 206
+            status = 200 if start is None and not bad.always_206 else 206
             headers = {"ETag": served.etag, "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
             if status == 206:
-                headers["Content-Range"] = f"bytes {start}-{len(body) - 1}/{len(body)}"
+                headers["Content-Range"] = bad.content_range or f"bytes {start or 0}-{len(body) - 1}/{len(body)}"
             if served.md5:
                 name = "Content-MD5" if status == 200 else "x-ms-blob-content-md5"
                 headers[name] = base64.b64encode(hashlib.md5(served.body).digest()).decode()
-            self.reply(logged, status, headers, body[start or 0:], head, web.cut.get(path))
+            if bad.no_length or bad.endless is not None:
+                headers["Content-Length"] = None
+            headers.update(bad.headers)
+            self.reply(logged, status, headers, body[start or 0:], head, web.cut.get(path), bad)
 
         def range_start(self, etag: str) -> int | None:
             """N of ``Range: bytes=N-`` when it applies (no If-Range, or the same version)."""
@@ -171,18 +220,39 @@ def _handler(web: FakeWeb) -> type[BaseHTTPRequestHandler]:
             return int(wanted[len("bytes="):].partition("-")[0])
 
         def reply(self, logged: Logged, status: int, headers: dict, body: bytes = b"", head: bool = False,
-                  cut: int | None = None) -> None:
+                  cut: int | None = None, bad: Hostile | None = None) -> None:
+            bad = bad or Hostile()
             logged.status = status
             self.send_response(status)
-            for name, value in {**headers, "Content-Length": str(len(body))}.items():
-                self.send_header(name, value)
+            for name, value in {"Content-Length": str(len(body)), **headers}.items():
+                if value is not None:
+                    self.send_header(name, value)
+            if "Content-Length" in headers and headers["Content-Length"] is None:
+                self.close_connection = True  # the body ends when the connection does
             self.end_headers()
             if head:
                 return
             sent = body if cut is None else body[:cut]
-            self.wfile.write(sent)
-            self.wfile.flush()
-            logged.body_bytes = len(sent)
+            try:
+                if bad.drip:
+                    size, pause = bad.drip
+                    for at in range(0, len(sent), size):
+                        if web.closing.wait(pause):
+                            break
+                        self.wfile.write(sent[at:at + size])
+                        self.wfile.flush()
+                        logged.body_bytes += len(sent[at:at + size])
+                else:
+                    self.wfile.write(sent)
+                    self.wfile.flush()
+                    logged.body_bytes = len(sent)
+                if bad.endless:
+                    while logged.body_bytes < ENDLESS_MAX and not web.closing.is_set():
+                        self.wfile.write(bad.endless)
+                        logged.body_bytes += len(bad.endless)
+            except (BrokenPipeError, ConnectionResetError):  # the client hung up: what a refusal looks like
+                self.close_connection = True
+                return
             if cut is not None:
                 self.close_connection = True
                 self.connection.shutdown(socket.SHUT_RDWR)
@@ -196,6 +266,15 @@ def closed_port_url() -> str:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}"
+
+
+def tiny_safetensors(size: int, seed: int = 15) -> bytes:
+    """A valid safetensors file of exactly ``size`` bytes: one float32 tensor of random bits."""
+    header_room = 120
+    count = (size - 8 - header_room) // 4
+    header = json.dumps({"weight": {"dtype": "F32", "shape": [count], "data_offsets": [0, count * 4]}}).encode()
+    header = header.ljust(size - 8 - count * 4)
+    return struct.pack("<Q", len(header)) + header + random.Random(seed).randbytes(count * 4)
 
 
 def _folder(path: Path) -> dict[str, bytes]:
@@ -223,7 +302,7 @@ def serve_models() -> FakeWeb:
         "facebook/opt-6.7b": (_folder(gill / "llm"), {**decoys, "pytorch_model.bin.index.json": b"{}"}),
         "openai/clip-vit-large-patch14": (_folder(gill / "vision"), decoys),
         "stable-diffusion-v1-5/stable-diffusion-v1-5": (
-            {"v1-5-pruned-emaonly.safetensors": random.Random(15).randbytes(300_000)},
+            {"v1-5-pruned-emaonly.safetensors": tiny_safetensors(300_000)},
             {"v1-5-pruned.safetensors": b"full", "model_index.json": b"{}", "unet/config.json": b"{}"},
         ),
     }

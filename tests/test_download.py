@@ -57,11 +57,12 @@ def assert_one_line_error(code: int, err: str, *words: str) -> str:
 
 
 NO_PROXY = {"no_proxy": "127.0.0.1"}  # the fake web is local even where a proxy is configured
+NO_PAUSE = {"KOSMOSG_DOWNLOAD_RETRY_PAUSE": "0"}  # retries of the fake web need no back-off
 
 
 @pytest.fixture(autouse=True)
 def local_without_proxy(monkeypatch):
-    for name, value in NO_PROXY.items():
+    for name, value in {**NO_PROXY, **NO_PAUSE}.items():
         monkeypatch.setenv(name, value)
 
 
@@ -116,7 +117,9 @@ def test_download_sd15_only_the_checkpoint_mirror_from_env(downloaded):
 
 
 @pytest.mark.parametrize("model, label", [("kosmos-g", CHECKPOINT), ("sd15", SD15)], ids=["azure-md5", "hub-lfs-sha256"])
-def test_interrupted_download_resumes_with_range(web, tmp_path, capsys, model, label):
+def test_interrupted_download_resumes_with_range(web, tmp_path, capsys, monkeypatch, model, label):
+    """One try (no automatic retry): the next run resumes where the first stopped."""
+    monkeypatch.setenv("KOSMOSG_DOWNLOAD_ATTEMPTS", "1")
     body, path = web.models[model][label], web.paths[label]
     cut = len(body) // 3
     web.cut[path] = cut
