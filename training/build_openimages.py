@@ -17,7 +17,6 @@ layout of ``training/data.py``.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import os
 from collections.abc import Callable
@@ -25,8 +24,11 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 
+from kosmosg_core.errors import InputFileError
 from kosmosg_core.image_processing import load_image_file
+from kosmosg_core.safe_files import refuse_input_as_output, regular_file
 from training.data import ShardWriter
+from training.engine import UsageError, new_parser, run_main
 
 COLOURS = {"red", "green", "blue", "yellow", "black", "white", "orange", "purple", "pink", "brown", "gray", "grey"}
 
@@ -71,7 +73,17 @@ def compose_sample(image: Image.Image, captioner, extractor, segmenter, size: in
 
 def load_callable(spec: str) -> Callable:
     module, _, name = spec.partition(":")
-    return getattr(importlib.import_module(module), name)
+    if not module or not name:
+        raise UsageError(f"{spec!r} is not MODULE:FUNCTION.")
+    try:
+        found = getattr(importlib.import_module(module), name)
+    except ImportError as exc:
+        raise UsageError(f"cannot import {module} for {spec!r}: {exc}.") from None
+    except AttributeError:
+        raise UsageError(f"{module} has no {name} (from {spec!r}).") from None
+    if not callable(found):
+        raise UsageError(f"{spec!r} is not callable.")
+    return found
 
 
 def blip2_captioner(model_id: str = "Salesforce/blip2-opt-2.7b"):
@@ -98,27 +110,45 @@ def clipseg_segmenter(model_id: str = "CIDAS/clipseg-rd64-refined", threshold: f
     return segment
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def run(argv) -> int:
+    parser = new_parser(__doc__)
     parser.add_argument("--images", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--captioner", help="MODULE:FUNCTION returning image -> caption (default BLIP-2)")
     parser.add_argument("--extractor", required=True, help="MODULE:FUNCTION returning caption -> entity names")
     parser.add_argument("--segmenter", help="MODULE:FUNCTION returning (image, entity) -> mask (default CLIPSeg)")
     parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--per-shard", type=int, default=1000)
+    parser.add_argument("--overwrite", action="store_true", help="replace the shards already in --out")
     args = parser.parse_args(argv)
+    if not 8 <= args.size <= 4096:
+        raise UsageError(f"--size must be between 8 and 4096, got {args.size}.")
+    if args.per_shard < 1:
+        raise UsageError(f"--per-shard must be at least 1, got {args.per_shard}.")
+    refuse_input_as_output(args.out, [args.images], "--out")
+    try:
+        names = sorted(os.listdir(args.images))
+    except OSError as exc:
+        raise InputFileError(f"cannot read --images {args.images}: {exc.strerror or exc}; give a folder of images.") from None
+    extractor = load_callable(args.extractor)
     captioner = load_callable(args.captioner) if args.captioner else blip2_captioner()
     segmenter = load_callable(args.segmenter) if args.segmenter else clipseg_segmenter()
-    extractor = load_callable(args.extractor)
-    with ShardWriter(args.out) as writer:
-        for name in sorted(os.listdir(args.images)):
+    inputs = [args.images]
+    with ShardWriter(args.out, args.per_shard, overwrite=args.overwrite, inputs=inputs) as writer:
+        for name in names:
             if name.lower().endswith((".png", ".jpg", ".jpeg", ".webp")):
-                sample = compose_sample(load_image_file(os.path.join(args.images, name)), captioner, extractor,
+                path = os.path.join(args.images, name)
+                inputs.append(path)
+                sample = compose_sample(load_image_file(regular_file(path, "image")), captioner, extractor,
                                         segmenter, args.size, args.size)
                 if sample is not None:
                     writer.write(*sample)
     print(f"wrote {writer.count} samples to {args.out}")
     return 0
+
+
+def main(argv=None) -> int:
+    return run_main(run, argv, "training.build_openimages")
 
 
 if __name__ == "__main__":

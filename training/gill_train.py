@@ -25,10 +25,8 @@ The output is a release folder that ``load_gill`` and the GILL Loader node read 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import shutil
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +34,9 @@ import torch.nn.functional as F
 from kosmosg_core.gill import load_gill
 from kosmosg_core.gill.checkpoint import ARGS_FILE, CHECKPOINT_FILE, DECISION_FILE
 from training.data import ShardDataset
-from training.engine import Trainer, add_common_args
+from kosmosg_core.errors import CheckpointError
+from kosmosg_core.safe_files import atomic_open, atomic_write_with, read_text, regular_file
+from training.engine import Trainer, add_common_args, new_parser, prepare_output, run_main
 
 
 class GILLTraining(torch.nn.Module):
@@ -139,17 +139,28 @@ def export_release(state: dict, source: str, output: str) -> str:
     os.makedirs(output, exist_ok=True)
     heads = {f"model.{k[len('heads.'):]}": v.detach().to(torch.bfloat16).cpu() for k, v in state.items() if k.startswith("heads.")}
     heads["model.input_embeddings.weight"] = state["img_rows"].detach().to(torch.bfloat16).cpu()
-    torch.save({"state_dict": dict(sorted(heads.items()))}, os.path.join(output, CHECKPOINT_FILE))
-    for name in (ARGS_FILE, DECISION_FILE):
-        if os.path.isfile(os.path.join(source, name)):
-            shutil.copy(os.path.join(source, name), os.path.join(output, name))
+    atomic_write_with(os.path.join(output, CHECKPOINT_FILE),
+                      lambda tmp: torch.save({"state_dict": dict(sorted(heads.items()))}, tmp))
+    for name in (ARGS_FILE, DECISION_FILE):  # copied temp-then-rename, from regular files only
+        if os.path.lexists(os.path.join(source, name)):
+            path = regular_file(os.path.join(source, name), f"release file {name}")
+            with open(path, "rb") as src, atomic_open(os.path.join(output, name), "wb") as dst:
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
     return output
 
 
+FINALS = ["gill_release"]
+
+
 def main(argv=None) -> int:
+    return run_main(run, argv, "training.gill_train")
+
+
+def run(argv) -> int:
     from transformers import AutoTokenizer, CLIPTextModel
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser(__doc__)
     parser.add_argument("--release", required=True, help="GILL release folder to start from (its heads are trained)")
     parser.add_argument("--llm", required=True)
     parser.add_argument("--vision", required=True)
@@ -157,23 +168,27 @@ def main(argv=None) -> int:
     parser.add_argument("--teacher-tokenizer")
     parser.add_argument("--data", required=True, help="shards of caption samples with images")
     args = add_common_args(parser).parse_args(argv)
+    prepare_output(args, FINALS, [args.release, args.llm, args.vision, args.teacher, args.teacher_tokenizer, args.data])
 
     torch.manual_seed(args.seed)
+    data = ShardDataset(args.data, kinds=("caption",), need_target=True)
     gill = load_gill(args.release, args.llm, args.vision)
     for module in (gill.lm, gill.vision):
         module.requires_grad_(False)
     gill.heads.requires_grad_(True).train()
     teacher = CLIPTextModel.from_pretrained(args.teacher).eval().requires_grad_(False)
     model = GILLTraining(gill, teacher, AutoTokenizer.from_pretrained(args.teacher_tokenizer or args.teacher))
-    trainer = Trainer(args, model, ShardDataset(args.data), after_step=lambda m: m.renormalise())
+    trainer = Trainer(args, model, data, after_step=lambda m: m.renormalise())
     if trainer.world > 1:
         model.gather = trainer.accelerator.gather
     trainer.run()
     state = trainer.full_state_dict()
     if trainer.accelerator.is_main_process:
         out = export_release(state, args.release, os.path.join(args.output_dir, "gill_release"))
-        with open(os.path.join(out, ARGS_FILE)) as handle:
-            json.load(handle)  # copied from the source: sizes are read from the weights anyway
+        try:  # copied from the source: sizes are read from the weights anyway
+            json.loads(read_text(os.path.join(out, ARGS_FILE), "release file"))
+        except ValueError:
+            raise CheckpointError(f"{os.path.join(args.release, ARGS_FILE)} is not JSON: the release is damaged.") from None
         print("saved", out)
     return 0
 

@@ -12,6 +12,7 @@ from kosmosg_core.convert import write_safetensors
 from kosmosg_core.image_processing import preprocess_images
 from kosmosg_core.loading import build_model, resolve_tokenizer
 from kosmosg_core.prompt import build_layout
+from kosmosg_core.safe_files import atomic_write_with
 
 PAD = 1
 
@@ -81,6 +82,8 @@ def export_kosmosg(state_dict: dict, tokenizer, path: str, kind: str, prefix: st
     state["tokenizer.dict_txt"] = torch.from_numpy(np.frombuffer(tokenizer.dict_txt.encode(), np.uint8).copy())
     assert SPM_TENSOR in state and DICT_TENSOR in state
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    write_safetensors(path, {k: tuple(v.shape) for k, v in state.items()}, {k: v.dtype for k, v in state.items()},
-                      state.__getitem__, {"format": CONVERTED_FORMAT, "kind": kind, "source": "training"})
+    # temp-then-rename: an earlier run's file is replaced only by a complete new one
+    atomic_write_with(path, lambda tmp: write_safetensors(
+        tmp, {k: tuple(v.shape) for k, v in state.items()}, {k: v.dtype for k, v in state.items()},
+        state.__getitem__, {"format": CONVERTED_FORMAT, "kind": kind, "source": "training"}))
     return path

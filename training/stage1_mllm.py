@@ -11,14 +11,13 @@ scratch, make a random one first (``kosmosg_core.synthetic``) and pass it.
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import torch
 import torch.nn.functional as F
 
 from training.data import ShardDataset
-from training.engine import Trainer, add_common_args
+from training.engine import Trainer, add_common_args, new_parser, prepare_output, run_main
 from training.kosmosg_common import encode_prompts, export_kosmosg, load_kosmosg_for_training, set_trainable
 
 
@@ -55,19 +54,28 @@ class LanguageModel(torch.nn.Module):
         return {"loss": loss}
 
 
+FINALS = ["kosmosg_stage1.safetensors", "kosmosg_final.safetensors"]
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return run_main(run, argv, "training.stage1_mllm")
+
+
+def run(argv) -> int:
+    parser = new_parser(__doc__)
     parser.add_argument("--init", required=True, help="Kosmos-G checkpoint to start from")
     parser.add_argument("--tokenizer")
     parser.add_argument("--data", required=True)
     args = add_common_args(parser).parse_args(argv)
+    prepare_output(args, FINALS, [args.init, args.tokenizer, args.data])
 
     torch.manual_seed(args.seed)
+    data = ShardDataset(args.data, kinds=("caption", "interleaved"))
     kosmos, tokenizer = load_kosmosg_for_training(args.init, args.tokenizer)
     set_trainable(kosmos, "language")
     if args.gradient_checkpointing:
         kosmos.text_model.gradient_checkpointing_enable()
-    trainer = Trainer(args, LanguageModel(kosmos, tokenizer), ShardDataset(args.data))
+    trainer = Trainer(args, LanguageModel(kosmos, tokenizer), data)
     trainer.run()
     state = trainer.full_state_dict()
     if trainer.accelerator.is_main_process:

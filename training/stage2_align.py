@@ -20,14 +20,13 @@ prompts work well, and no such checkpoint was ever published to compare with.
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import torch
 
 from kosmosg_core.modeling_aligner import AlignerConfig, AlignerNet
 from training.data import ShardDataset
-from training.engine import Trainer, add_common_args
+from training.engine import Trainer, UsageError, add_common_args, new_parser, prepare_output, run_main
 from training.kosmosg_common import encode_prompts, export_kosmosg, load_kosmosg_for_training, set_trainable
 
 
@@ -78,8 +77,15 @@ class AlignModel(torch.nn.Module):
         return {"loss": mse + rec_loss, "mse": mse, "rec": rec_loss}
 
 
+FINALS = ["kosmosg_stage2.safetensors"]
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return run_main(run, argv, "training.stage2_align")
+
+
+def run(argv) -> int:
+    parser = new_parser(__doc__)
     parser.add_argument("--init", required=True, help="stage-1 (or later) Kosmos-G checkpoint")
     parser.add_argument("--tokenizer", help="Kosmos-G tokenizer folder (default: beside/inside --init)")
     parser.add_argument("--teacher", required=True, help="transformers CLIPTextModel folder (SD's text_encoder)")
@@ -90,8 +96,16 @@ def main(argv=None) -> int:
     parser.add_argument("--aligner-layers", type=int, default=12)
     parser.add_argument("--aligner-positions", type=int, default=32768)
     args = add_common_args(parser).parse_args(argv)
+    if not 1 <= args.caption_tokens <= 2047:
+        raise UsageError(f"--caption-tokens must be between 1 and 2047, got {args.caption_tokens}.")
+    if not 1 <= args.aligner_layers <= 256:
+        raise UsageError(f"--aligner-layers must be between 1 and 256, got {args.aligner_layers}.")
+    if not args.caption_tokens + 1 <= args.aligner_positions <= 1 << 20:
+        raise UsageError(f"--aligner-positions must be between --caption-tokens + 1 and {1 << 20}, got {args.aligner_positions}.")
+    prepare_output(args, FINALS, [args.init, args.tokenizer, args.teacher, args.teacher_tokenizer, args.data])
 
     torch.manual_seed(args.seed)
+    data = ShardDataset(args.data, kinds=("caption", "edit", "composition"))
     kosmos, tokenizer = load_kosmosg_for_training(args.init, args.tokenizer)
     teacher, teacher_tokenizer = load_teacher(args.teacher, args.teacher_tokenizer)
     if kosmos.aligner is None or kosmos.aligner.config.hidden_size != teacher.config.hidden_size \
@@ -100,7 +114,7 @@ def main(argv=None) -> int:
         kosmos.config = type(kosmos.config)(**{**kosmos.config.__dict__, "aligner": kosmos.aligner.config})
     set_trainable(kosmos, "align")
     model = AlignModel(kosmos, tokenizer, teacher, teacher_tokenizer, args.caption_tokens + 1)
-    trainer = Trainer(args, model, ShardDataset(args.data))
+    trainer = Trainer(args, model, data)
     trainer.run()
     state = trainer.full_state_dict()
     if trainer.accelerator.is_main_process:

@@ -20,7 +20,7 @@ Every random choice is drawn per sample from (seed, epoch, sample index).
 
 from __future__ import annotations
 
-import argparse
+import math
 import os
 
 import numpy as np
@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from training.data import ShardDataset
-from training.engine import Trainer, add_common_args, sample_generator
+from kosmosg_core.errors import CheckpointError, LimitError
+from training.engine import Trainer, UsageError, add_common_args, new_parser, prepare_output, run_main, sample_generator
 from training.kosmosg_common import encode_prompts, export_kosmosg, load_kosmosg_for_training, set_trainable
 
 NULL_PROBABILITY = 0.1
@@ -64,8 +65,14 @@ def build_prompt(sample, generator: torch.Generator) -> tuple[str, list]:
 
 def target_pixels(image, size: int) -> torch.Tensor:
     """Resize the shorter side to ``size``, centre crop, scale to [-1, 1] (as the official loaders)."""
-    from kosmosg_core.image_processing import center_crop, resize_bicubic
+    from kosmosg_core import image_processing
+    from kosmosg_core.image_processing import center_crop, resize_bicubic, resized_size
 
+    limit = getattr(image_processing, "MAX_RESIZED_PIXELS", 50_000_000)
+    width, height = resized_size(image.width, image.height, size)
+    if width * height > limit:
+        raise LimitError(f"a target image of {image.width}x{image.height} pixels resized to {size} would be "
+                         f"{width}x{height}, more than the limit of {limit:,} pixels.")
     image = center_crop(resize_bicubic(image, size), size)
     return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
 
@@ -108,10 +115,10 @@ class MixedDataset:
     def __init__(self, shards: ShardDataset, weights: dict[str, float], seed: int):
         by_kind: dict[str, list[int]] = {}
         for index in range(len(shards)):
-            by_kind.setdefault(shards[index].kind, []).append(index)
+            by_kind.setdefault(shards.kind_of(index), []).append(index)  # from the JSON: no image decoded
         present = {k: w for k, w in weights.items() if w > 0 and by_kind.get(k)}
         if not present:
-            raise ValueError(f"no samples of the kinds {sorted(weights)} in the data")
+            raise UsageError(f"no samples of the kinds with a positive --data-weights ({sorted(weights)}) in the data.")
         unit = max(len(by_kind[k]) / w for k, w in present.items())
         order = []
         for kind, weight in present.items():
@@ -136,8 +143,26 @@ def load_sd(folder: str):
     return unet, vae, DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
 
 
+FINALS = ["kosmosg_final.safetensors"]
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    parts = text.split(",")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) != 3 or not all(math.isfinite(v) and v >= 0 for v in values) or not any(values):
+        raise UsageError(f"--data-weights must be three numbers >= 0 (caption,edit,composition), not all 0; got {text!r}.")
+    return dict(zip(("caption", "edit", "composition"), values))
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return run_main(run, argv, "training.stage3_instruct")
+
+
+def run(argv) -> int:
+    parser = new_parser(__doc__)
     parser.add_argument("--init", required=True, help="stage-2 (or later) Kosmos-G checkpoint")
     parser.add_argument("--tokenizer")
     parser.add_argument("--sd", required=True, help="diffusers SD 1.5 folder (unet/, vae/, scheduler/)")
@@ -145,21 +170,25 @@ def main(argv=None) -> int:
     parser.add_argument("--data-weights", default="1,2,2", help="caption,edit,composition")
     parser.add_argument("--resolution", type=int, default=512)
     args = add_common_args(parser).parse_args(argv)
+    weights = parse_weights(args.data_weights)
+    if not 8 <= args.resolution <= 4096 or args.resolution % 8:
+        raise UsageError(f"--resolution must be a multiple of 8 between 8 and 4096, got {args.resolution}.")
+    prepare_output(args, FINALS, [args.init, args.tokenizer, args.sd, args.data])
 
     torch.manual_seed(args.seed)
+    data = ShardDataset(args.data, kinds=("caption", "edit", "composition"), need_target=True)
     kosmos, tokenizer = load_kosmosg_for_training(args.init, args.tokenizer)
     if kosmos.aligner is None:
-        raise SystemExit("stage 3 starts from a checkpoint with AlignerNet (the output of stage 2).")
+        raise CheckpointError(f"{args.init} has no AlignerNet: stage 3 starts from a checkpoint with one (the output of stage 2).")
     unet, vae, scheduler = load_sd(args.sd)
     if unet.config.cross_attention_dim != kosmos.aligner.config.hidden_size:
-        raise SystemExit(f"the U-Net attends to {unet.config.cross_attention_dim}-wide context but this AlignerNet "
+        raise CheckpointError(f"the U-Net attends to {unet.config.cross_attention_dim}-wide context but this AlignerNet "
                          f"writes {kosmos.aligner.config.hidden_size}-wide: align to that U-Net's text encoder first.")
     set_trainable(kosmos, "instruct")
     if args.gradient_checkpointing:
         kosmos.text_model.gradient_checkpointing_enable()
-    weights = dict(zip(("caption", "edit", "composition"), (float(w) for w in args.data_weights.split(","))))
     model = InstructModel(kosmos, tokenizer, unet, vae, scheduler, args.resolution, args.seed)
-    trainer = Trainer(args, model, MixedDataset(ShardDataset(args.data), weights, args.seed))
+    trainer = Trainer(args, model, MixedDataset(data, weights, args.seed))
     trainer.run()
     state = trainer.full_state_dict()
     if trainer.accelerator.is_main_process:
