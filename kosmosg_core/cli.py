@@ -21,7 +21,8 @@ def _save(tensors: dict, path: str, metadata: dict) -> None:
 
 def _inputs(args: argparse.Namespace) -> list[str]:
     """Every file or folder the command reads: no output may be one of them (or a file in them)."""
-    found = [getattr(args, name, None) for name in ("checkpoint", "llm", "vision", "index", "tokenizer", "source", "src")]
+    names = ("checkpoint", "llm", "vision", "index", "tokenizer", "source", "src", "data", "sd", "inception_weights")
+    found = [getattr(args, name, None) for name in names]
     found += list(getattr(args, "image", None) or [])
     for checkpoint in (getattr(args, "checkpoint", None), getattr(args, "src", None)):
         if checkpoint and os.path.isfile(checkpoint):  # the tokenizer files beside it
@@ -30,10 +31,10 @@ def _inputs(args: argparse.Namespace) -> list[str]:
     return [item for item in found if item]
 
 
-def _check_output(args: argparse.Namespace, flag: str = "--out") -> None:
+def _check_output(args: argparse.Namespace, flag: str = "--out", inside_folders: bool = True) -> None:
     out = getattr(args, flag.lstrip("-").replace("-", "_"), None)
     if out:
-        refuse_input_as_output(out, _inputs(args), flag)
+        refuse_input_as_output(out, _inputs(args), flag, inside_folders)
 
 
 def _load_gill(args: argparse.Namespace):
@@ -260,6 +261,8 @@ def _run(argv: list[str]) -> int:
         _check_output(args)
     elif args.command == "convert":
         _check_output(args, "dst")
+    elif args.command == "eval":  # --out is a results folder that reruns resume in
+        _check_output(args, inside_folders=False)
     return args.run(args)
 
 

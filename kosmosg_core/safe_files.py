@@ -75,15 +75,16 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
 
 
 def refuse_input_as_output(output: str | os.PathLike, inputs: Iterable[str | os.PathLike | None],
-                           flag: str = "the output") -> None:
-    """An output path that is one of the inputs (or a file inside an input folder) would destroy it."""
+                           flag: str = "the output", inside_folders: bool = True) -> None:
+    """An output path that is one of the inputs (or, with ``inside_folders``, an existing file inside
+    an input folder) would destroy it."""
     inputs = [item for item in inputs if item]
     for item in inputs:
         if same_file(output, item):
             raise OutputPathError(f"{flag} {output} is the input file {item}: writing it would destroy the "
                                   "input. Choose another output path.")
     out_real = os.path.realpath(output)
-    for item in inputs:
+    for item in inputs if inside_folders else ():
         if os.path.isdir(item) and out_real.startswith(os.path.realpath(item) + os.sep) and os.path.exists(output):
             raise OutputPathError(f"{flag} {output} is a file inside the input folder {item}: writing it would "
                                   "change the input. Choose another output path.")

@@ -199,3 +199,16 @@ def test_refuse_input_as_output_sees_through_links_and_folders(tmp_path):
     refuse_input_as_output(tmp_path / "tok" / "new.safetensors", [tmp_path / "tok", source])  # a new file is fine
     with pytest.raises(OutputPathError, match="already exists.*--overwrite"):
         refuse_existing(source)
+
+
+@pytest.mark.parametrize("which", ["data", "checkpoint"])
+def test_eval_results_never_go_over_an_input(tmp_path, which):
+    data, sd = tmp_path / "dataset", tmp_path / "sd"
+    data.mkdir(), sd.mkdir()
+    checkpoint = tmp_path / "checkpoint_final.pt"
+    checkpoint.write_bytes(b"weights")
+    out = {"data": data, "checkpoint": checkpoint}[which]
+    canary = Canary(tmp_path)
+    outcome = run_cli(["eval", "dreambench", "--data", data, "--sd", sd, "--checkpoint", checkpoint, "--out", out])
+    assert_clear_error(outcome, r"--out .* is the input file")
+    canary.check()

@@ -6,6 +6,7 @@ Each loader checks the files it needs first and says which are missing and where
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import random
@@ -28,6 +29,16 @@ class EvalItem:
     reference: str | None = None  # ground-truth / reference image for the image metrics
     text: str | None = None  # text for CLIP-T
 
+    def __post_init__(self):
+        if not is_safe_stem(self.key):  # keys come from annotation files and name the output files
+            raise DatasetError(f"annotation id {self.key[:80]!r} cannot name an output file (only letters, digits, "
+                               "'_', '-' and '.'): the annotation file is not the published one.")
+
+
+def is_safe_stem(name: str) -> bool:
+    """A file name stem that stays inside its folder (no separators, no '..', no hidden files)."""
+    return bool(re.fullmatch(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,199}", name)) and ".." not in name
+
 
 def _need(path: str, what: str, hint: str) -> str:
     if not os.path.exists(path):
@@ -39,6 +50,18 @@ def _need(path: str, what: str, hint: str) -> str:
 
 def _read_text(path: str, what: str, hint: str) -> str:
     return read_text(_need(path, what, hint), what, DatasetError, max_bytes=2 << 30)
+
+
+@contextlib.contextmanager
+def _layout(path: str, hint: str):
+    """Entries of the wrong shape (a missing field, a string where a list belongs) name the file
+    instead of escaping as a bare KeyError/TypeError."""
+    try:
+        yield
+    except (KeyError, TypeError, IndexError, AttributeError, ValueError) as exc:
+        detail = f"missing field {exc}" if isinstance(exc, KeyError) else " ".join(str(exc).split())[:200]
+        raise DatasetError(f"{path} does not have the published layout ({detail}): it is not the expected "
+                           f"annotation file. {hint}") from None
 
 
 def _read_json(path: str, what: str, hint: str, key: str | None = None):
@@ -151,8 +174,10 @@ def coco_captions(root: str, count: int = 30000, seed: int = 0) -> list[EvalItem
     annotations = data.get("annotations") if isinstance(data, dict) else None
     if not annotations:
         raise DatasetError(f"{root}/annotations/captions_val2014.json has no 'annotations' list; {COCO_HINT}")
-    chosen = random.Random(seed).sample(annotations, min(count, len(annotations)))
-    return [EvalItem(f"{i:05d}_{a['id']}", a["caption"].strip(), text=a["caption"].strip()) for i, a in enumerate(chosen)]
+    with _layout(os.path.join(root, "annotations", "captions_val2014.json"), COCO_HINT):
+        chosen = random.Random(seed).sample(annotations, min(count, len(annotations)))
+        return [EvalItem(f"{i:05d}_{a['id']}", a["caption"].strip(), text=a["caption"].strip())
+                for i, a in enumerate(chosen)]
 
 
 def coco_real_images(root: str) -> list[str]:
@@ -174,16 +199,22 @@ VIST_CONTEXTS = ("captions+images", "captions", "last-caption")
 def _vist_stories(root: str) -> dict[str, list[dict]]:
     formatted = os.path.join(root, "val_formatted.json")
     if os.path.exists(formatted):
-        return _read_json(formatted, "VIST val_formatted.json", VIST_HINT, "annotations")
-    raw = _read_json(os.path.join(root, "val.story-in-sequence.json"), "VIST val_formatted.json or "
-                     "val.story-in-sequence.json", VIST_HINT, "annotations")
+        stories = _read_json(formatted, "VIST val_formatted.json", VIST_HINT, "annotations")
+        with _layout(formatted, VIST_HINT):
+            return {str(k): [{"caption": str(s["caption"]), "image_id": str(s["image_id"])} for s in story]
+                    for k, story in stories.items()}
+    path = os.path.join(root, "val.story-in-sequence.json")
+    raw = _read_json(path, "VIST val_formatted.json or val.story-in-sequence.json", VIST_HINT, "annotations")
     stories = collections.defaultdict(list)  # the grouping GILL's download script writes
-    for (ann,) in raw:
-        stories[ann["story_id"]].append({"caption": ann["text"], "image_id": ann["photo_flickr_id"]})
+    with _layout(path, VIST_HINT):
+        for (ann,) in raw:
+            stories[ann["story_id"]].append({"caption": str(ann["text"]), "image_id": str(ann["photo_flickr_id"])})
     return stories
 
 
 def _find_image(folder: str, stem: str) -> str | None:
+    if not is_safe_stem(stem):
+        return None  # an id that would reach outside the image folder: the story is skipped
     for ext in (".png", ".jpg", ".jpeg"):
         if os.path.exists(os.path.join(folder, stem + ext)):
             return os.path.join(folder, stem + ext)
@@ -226,6 +257,11 @@ def visdial_items(root: str, rounds: int = 10) -> tuple[list[EvalItem], list[str
     """Dialogues -> 'Q: q?\\nA: a' lines of the first ``rounds`` rounds (GILL's script: all 10)."""
     data = _read_json(os.path.join(root, "visdial_1.0_val.json"), "VisDial visdial_1.0_val.json", VISDIAL_HINT, "data")
     images = _need(os.path.join(root, "VisualDialog_val2018"), "VisDial image folder VisualDialog_val2018/", VISDIAL_HINT)
+    with _layout(os.path.join(root, "visdial_1.0_val.json"), VISDIAL_HINT):
+        return _visdial_dialogues(data, images, rounds)
+
+
+def _visdial_dialogues(data: dict, images: str, rounds: int) -> tuple[list[EvalItem], list[str]]:
     questions, answers = data["questions"], data["answers"]
     items, skipped = [], []
     for dialog in data["dialogs"]:
