@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .config import ALIGNER, CONNECTOR, TEXT, VISION
-from .errors import CheckpointError
+from .errors import CheckpointError, TokenizerError
+from .safe_files import regular_file
 from .host_memory import PAGE, cast_into, inner_pages
 from .safe_pickle import damaged_file_message, restricted_torch_load
 
@@ -237,19 +238,16 @@ def _state_dict_from_pickle(obj, path: str) -> Mapping[str, torch.Tensor]:
 
 def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Open an official ``.pt`` or a ``.safetensors`` file without reading its weights yet."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(
-            f"checkpoint file not found: {path}. Kosmos-G needs checkpoint_final.pt from the official "
-            "release (see README, Models), with sentencepiece.bpe.model and dict.txt beside it."
-        )
+    path = regular_file(path, "checkpoint file", CheckpointError, hint=(
+        "Kosmos-G needs checkpoint_final.pt from the official release (see README, Models), with "
+        "sentencepiece.bpe.model and dict.txt beside it."))
     with open(path, "rb") as handle:
         head = handle.read(16)
     if _looks_like_safetensors(path, head):
         return _open_safetensors(path)
     obj = restricted_torch_load(path)
     state = _state_dict_from_pickle(obj, path)
-    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    tensors = {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     kind = classify(list(tensors), path)
     return Checkpoint(
         path=path,
@@ -271,20 +269,24 @@ def _looks_like_safetensors(path: str, head: bytes) -> bool:
 def _open_safetensors(path: str) -> Checkpoint:
     from safetensors import safe_open
 
+    offsets, metadata, shapes, dtypes = _safetensors_offsets(path)  # every size checked before safetensors maps it
+    keys = list(shapes)
     try:
         handle = safe_open(path, framework="pt", device="cpu")
-        keys = list(handle.keys())
-        slices = {k: handle.get_slice(k) for k in keys}
-        shapes = {k: tuple(s.get_shape()) for k, s in slices.items()}
-        dtypes = {k: _SAFETENSORS_DTYPES[s.get_dtype()] for k, s in slices.items()}
-        metadata = handle.metadata() or {}
     except Exception as exc:  # safetensors raises its own SafetensorError for damaged headers
         raise CheckpointError(damaged_file_message(path, exc)) from None
-    offsets = _safetensors_offsets(path)
     tokenizer = None
     if SPM_TENSOR in shapes and DICT_TENSOR in shapes:
+        for name in (SPM_TENSOR, DICT_TENSOR):
+            if dtypes[name] != torch.uint8 or len(shapes[name]) != 1 or shapes[name][0] > MAX_TOKENIZER_BYTES:
+                raise CheckpointError(f"{path}: the embedded tokenizer tensor {name} is not a byte string of at "
+                                      f"most {MAX_TOKENIZER_BYTES:,} bytes; the file is damaged or crafted.")
         spm = handle.get_tensor(SPM_TENSOR).numpy().tobytes()
-        dict_txt = handle.get_tensor(DICT_TENSOR).numpy().tobytes().decode("utf-8")
+        try:
+            dict_txt = handle.get_tensor(DICT_TENSOR).numpy().tobytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise TokenizerError(f"{path}: the embedded dict.txt is not UTF-8 text (byte {exc.start}); the file is "
+                                 "damaged or crafted. Convert the official checkpoint again.") from None
         tokenizer = (spm, dict_txt)
     weights = [k for k in keys if not k.startswith(TOKENIZER_PREFIX)]
     kind = classify(weights, path)
@@ -297,26 +299,65 @@ def _open_safetensors(path: str) -> Checkpoint:
         tokenizer_files=tokenizer,
         metadata=dict(metadata),
         _safe=handle,
-        _offsets=offsets,
+        _offsets={k: offsets[k] for k in weights},
     )
 
 
-def _safetensors_offsets(path: str) -> dict[str, int]:
-    """Absolute byte offset of each tensor. safetensors maps lazily, so a truncated file would only
-    fail mid-load: the size the header promises is checked here, up front."""
+MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit; a 7B model's header is ~100 KB
+MAX_TOKENIZER_BYTES = 64 << 20
+
+
+def _safetensors_offsets(path: str):
+    """(absolute offset, metadata, shapes, dtypes) of a safetensors file, every entry checked against
+    the file before anything is mapped or allocated: the header length against the file size, each
+    dtype known, each byte range exactly its shape times its dtype size, inside the data section and
+    overlapping no other."""
+
+    def bad(reason: str) -> CheckpointError:
+        return CheckpointError(f"could not read checkpoint {path}: {reason}. It is damaged or not a safetensors "
+                               "file; download or copy it again.")
+
+    size = os.path.getsize(path)
     with open(path, "rb") as handle:
-        header_len = int.from_bytes(handle.read(8), "little")
-        header = json.loads(handle.read(header_len))
-    start = 8 + header_len
-    entries = {k: v["data_offsets"] for k, v in header.items() if k != "__metadata__"}
-    promised = start + max((end for _, end in entries.values()), default=0)
-    actual = os.path.getsize(path)
-    if actual < promised:
-        raise CheckpointError(
-            f"could not read checkpoint {path} ({actual:,} bytes): it is truncated (its header "
-            f"promises {promised:,} bytes). Download or copy it again."
-        )
-    return {k: start + begin for k, (begin, _) in entries.items()}
+        head = handle.read(8)
+        if len(head) < 8:
+            raise CheckpointError(damaged_file_message(path, EOFError("shorter than a safetensors header")))
+        header_len = int.from_bytes(head, "little")
+        if header_len > min(MAX_HEADER_BYTES, size - 8) or header_len < 2:
+            raise bad(f"its header claims {header_len:,} bytes in a {size:,}-byte file")
+        raw = handle.read(header_len)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise bad(f"its header is not UTF-8 JSON ({type(exc).__name__})") from None
+    if not isinstance(header, dict):
+        raise bad("its header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise bad("its __metadata__ is not a map of strings")
+    start, data_size = 8 + header_len, size - 8 - header_len
+    shapes, dtypes, offsets, ranges = {}, {}, {}, []
+    for name, entry in header.items():
+        if not isinstance(entry, dict) or entry.get("dtype") not in _SAFETENSORS_DTYPES:
+            shown = entry.get("dtype") if isinstance(entry, dict) else type(entry).__name__
+            raise bad(f"tensor {name[:80]!r} has dtype {str(shown)[:20]!r}, not one of {', '.join(_SAFETENSORS_DTYPES)}")
+        shape, span = entry.get("shape"), entry.get("data_offsets")
+        if not isinstance(shape, list) or len(shape) > 64 or not all(type(n) is int and n >= 0 for n in shape):
+            raise bad(f"tensor {name[:80]!r} has shape {str(shape)[:80]}")
+        if not isinstance(span, list) or len(span) != 2 or not all(type(n) is int for n in span) \
+                or not 0 <= span[0] <= span[1] <= data_size:
+            raise bad(f"tensor {name[:80]!r} has byte range {str(span)[:80]} outside the {data_size:,} data bytes")
+        dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
+        if span[1] - span[0] != torch.Size(shape).numel() * _itemsize(dtype):
+            raise bad(f"tensor {name[:80]!r} of shape {shape} needs {torch.Size(shape).numel() * _itemsize(dtype):,} "
+                      f"bytes but its byte range holds {span[1] - span[0]:,}")
+        shapes[name], dtypes[name], offsets[name] = tuple(shape), dtype, start + span[0]
+        ranges.append((span[0], span[1], name))
+    ranges.sort()
+    for (_, end, first), (begin, _, second) in zip(ranges, ranges[1:]):
+        if begin < end:
+            raise bad(f"tensors {first[:60]!r} and {second[:60]!r} overlap")
+    return offsets, metadata, shapes, dtypes
 
 
 class MappedFile:

@@ -26,8 +26,9 @@ from .checkpoint import (
     open_checkpoint,
 )
 from .errors import CheckpointError, TokenizerError
-from .loading import resolve_tokenizer
-from .tokenizer import KosmosGTokenizer
+from .loading import resolve_tokenizer, tokenizer_search_dirs
+from .safe_files import atomic_open, refuse_input_as_output, regular_file, same_file
+from .tokenizer import DICT_FILENAME, SPM_FILENAME, KosmosGTokenizer
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> np.ndarray:
@@ -37,8 +38,8 @@ def _tensor_bytes(tensor: torch.Tensor) -> np.ndarray:
 def write_safetensors(path: str, shapes: dict, dtypes: dict, read, metadata: dict[str, str]) -> int:
     """Write tensors named in ``shapes`` (in order), fetching each with ``read(name)``.
 
-    Writes to ``path + '.partial'`` and renames at the end, so an interrupted run never leaves a
-    file that looks complete. Returns the number of bytes written.
+    Written through a temporary file renamed over ``path`` at the end (``safe_files.atomic_open``), so an
+    interrupted run never leaves a file that looks complete. Returns the number of bytes written.
     """
     header: dict[str, object] = {"__metadata__": metadata}
     offset = 0
@@ -48,8 +49,7 @@ def write_safetensors(path: str, shapes: dict, dtypes: dict, read, metadata: dic
         offset += size
     encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
     encoded += b" " * (-len(encoded) % 8)
-    partial = path + ".partial"
-    with open(partial, "wb") as out:
+    with atomic_open(path, "wb") as out:
         out.write(len(encoded).to_bytes(8, "little"))
         out.write(encoded)
         for name in shapes:
@@ -57,14 +57,18 @@ def write_safetensors(path: str, shapes: dict, dtypes: dict, read, metadata: dic
             if data.nbytes != header[name]["data_offsets"][1] - header[name]["data_offsets"][0]:
                 raise CheckpointError(f"tensor {name} changed size while converting")
             out.write(data)
-    os.replace(partial, path)
     return 8 + len(encoded) + offset
 
 
 def convert(src: str, dst: str, tokenizer: str | None = None, embed_tokenizer: bool = True) -> dict:
     """Convert an official Kosmos-G checkpoint; returns a summary for the CLI to print."""
-    if os.path.abspath(src) == os.path.abspath(dst):
-        raise CheckpointError("convert: source and destination are the same file.")
+    src = regular_file(src, "checkpoint file", CheckpointError)
+    inputs = [src] + [os.path.join(folder, name) for folder in tokenizer_search_dirs(src, [tokenizer] if tokenizer else [])
+                      for name in (SPM_FILENAME, DICT_FILENAME) if os.path.isfile(os.path.join(folder, name))]
+    if same_file(src, dst):
+        raise CheckpointError(f"convert: source and destination are the same file ({dst}): writing it would destroy "
+                              "the checkpoint. Choose another output path.")
+    refuse_input_as_output(dst, inputs, "convert's destination")
     checkpoint = open_checkpoint(src)
     tok = None
     if embed_tokenizer:

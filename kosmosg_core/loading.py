@@ -104,7 +104,13 @@ def build_model(
 ) -> KosmosGModel:
     """The model, every weight read once into ``dtype`` on ``device``. With ``quantization`` each
     linear weight is quantized as soon as it is read, so the full-precision model never exists."""
-    config = KosmosGConfig.from_shapes(checkpoint.shapes)
+    try:
+        config = KosmosGConfig.from_shapes(checkpoint.shapes)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{checkpoint.path}: {exc}") from None
+    except (ValueError, TypeError) as exc:  # a weight of the wrong rank where a matrix is expected
+        raise CheckpointError(f"{checkpoint.path}: a weight has an unexpected shape ({exc}); the file is damaged "
+                              "or not a Kosmos-G checkpoint.") from None
     with torch.device("meta"), _without_random_init():
         model = KosmosGModel(config)
     shapes = model.state_dict()

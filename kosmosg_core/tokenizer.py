@@ -12,6 +12,9 @@ import os
 from dataclasses import dataclass, field
 
 from .errors import TokenizerError
+from .safe_files import read_text, regular_file
+
+MAX_TOKENIZER_FILE_BYTES = 64 << 20  # the release's files are 5 MB and 1 MB
 
 SPM_FILENAME = "sentencepiece.bpe.model"
 DICT_FILENAME = "dict.txt"
@@ -106,10 +109,10 @@ class KosmosGTokenizer:
 
     @classmethod
     def from_files(cls, spm_path: str, dict_path: str) -> "KosmosGTokenizer":
+        spm_path = regular_file(spm_path, SPM_FILENAME, TokenizerError, max_bytes=MAX_TOKENIZER_FILE_BYTES)
         with open(spm_path, "rb") as handle:
-            spm_model = handle.read()
-        with open(dict_path, encoding="utf-8") as handle:
-            dict_txt = handle.read()
+            spm_model = handle.read(MAX_TOKENIZER_FILE_BYTES + 1)
+        dict_txt = read_text(dict_path, DICT_FILENAME, TokenizerError, max_bytes=MAX_TOKENIZER_FILE_BYTES)
         return cls(spm_model, dict_txt, source=os.path.dirname(spm_path) or ".")
 
     @classmethod

@@ -15,6 +15,7 @@ import torch
 from ..checkpoint import _wrong_family
 from ..config import count_layers
 from ..errors import CheckpointError
+from ..safe_files import read_text
 from ..safe_pickle import restricted_torch_load
 from .modeling import DecisionModel, GILLHeadsConfig
 
@@ -30,7 +31,7 @@ def _state_dict(obj, path: str) -> dict[str, torch.Tensor]:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
         raise CheckpointError(f"{path} holds no state dict; expected torch.save({{'state_dict': ...}}) as GILL releases it.")
     return obj
 
@@ -42,15 +43,23 @@ def _strip(key: str) -> str:
     return key
 
 
+def _json_object(path: str, what: str) -> dict:
+    """A small JSON object file, with one-line errors for a FIFO, non-UTF-8 text, bad JSON or a non-object."""
+    text = read_text(path, what, CheckpointError, max_bytes=16 << 20)
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{what} {path} is not valid JSON ({str(exc)[:120]}); download it again.") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{what} {path} holds a JSON {type(value).__name__}, not an object; download it again.")
+    return value
+
+
 def read_model_args(directory: str) -> dict:
     path = os.path.join(directory, ARGS_FILE)
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         raise CheckpointError(f"{ARGS_FILE} not found in {directory}; it comes with pretrained_ckpt.pth.tar in the GILL release (checkpoints/gill_opt/).")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc}); download it again.") from None
+    return _json_object(path, ARGS_FILE)
 
 
 def read_heads_state(directory: str) -> dict[str, torch.Tensor]:
@@ -76,10 +85,27 @@ def read_heads_state(directory: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def heads_config(state: dict[str, torch.Tensor], args: dict) -> GILLHeadsConfig:
+def heads_config(state: dict[str, torch.Tensor], args: dict, source: str = "the GILL checkpoint") -> GILLHeadsConfig:
+    try:
+        return _heads_config(state, args)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{source}: {exc}") from None
+    except KeyError as exc:
+        raise CheckpointError(f"{source} lacks {exc.args[0]}, which every GILL checkpoint has; the file is "
+                              "incomplete or not GILL's pretrained_ckpt.pth.tar.") from None
+    except (ValueError, TypeError, IndexError, ZeroDivisionError) as exc:
+        raise CheckpointError(f"{source}: a weight or a model_args.json value has an unexpected shape or type "
+                              f"({str(exc)[:160]}); the files are damaged or do not belong together.") from None
+
+
+def _heads_config(state: dict[str, torch.Tensor], args: dict) -> GILLHeadsConfig:
     mapper_dim, llm_dim = state[MAPPER + "fc.weight"].shape
     visual_out, vision_dim = state["visual_embeddings.weight"].shape
-    num_tokens = int(args.get("num_tokens", state[IMG_ROWS].shape[0]))
+    if min(mapper_dim, llm_dim, visual_out, vision_dim) <= 0:
+        raise CheckpointError("a GILL weight has a zero-sized dimension")
+    num_tokens = args.get("num_tokens", state[IMG_ROWS].shape[0])
+    if not isinstance(num_tokens, int) or isinstance(num_tokens, bool) or num_tokens <= 0:
+        raise CheckpointError(f"model_args.json gives num_tokens={str(num_tokens)[:40]!r}; expected a positive integer")
     if state[IMG_ROWS].shape != (num_tokens, llm_dim):
         raise CheckpointError(
             f"the checkpoint's [IMG] rows are {tuple(state[IMG_ROWS].shape)} but model_args.json says "
@@ -110,7 +136,10 @@ def read_decision_model(directory: str, llm_dim: int) -> tuple[DecisionModel | N
     if weight is None or weight.ndim != 2 or weight.shape[0] != 2:
         raise CheckpointError(f"{path} is not GILL's decision model (expected '1.weight' of shape (2, {llm_dim})).")
     model = DecisionModel(weight.shape[1])
-    model.load_state_dict({f"layers.{k}": v for k, v in state.items()})
+    try:
+        model.load_state_dict({f"layers.{k}": v for k, v in state.items()})
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path} is not GILL's decision model: its weights do not fit ({str(exc).splitlines()[0][:160]}).") from None
     if weight.shape[1] == llm_dim:
         return model.eval(), "current"
     if weight.shape[1] == llm_dim + 1:
@@ -151,7 +180,6 @@ def check_vision_folder(directory: str, vision_dim: int) -> dict:
 
 def _hf_config(directory: str, what: str, expected: str) -> dict:
     path = os.path.join(directory or "", "config.json")
-    if not directory or not os.path.isfile(path):
+    if not directory or not os.path.lexists(path):
         raise CheckpointError(f"no {what} model at {directory!r} (looked for {path}); expected {expected}.")
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+    return _json_object(path, f"{what} config")

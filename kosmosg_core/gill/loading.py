@@ -11,6 +11,8 @@ from ..errors import CheckpointError
 from ..image_processing import CLIP_MEAN, CLIP_STD
 from ..loading import parse_dtype
 from .checkpoint import (
+    CHECKPOINT_FILE,
+    _json_object,
     IMG_ROWS,
     check_llm_folder,
     check_vision_folder,
@@ -60,12 +62,16 @@ def _processor_settings(vision_dir: str, image_size: int) -> dict:
     settings = {"size": image_size, "mean": CLIP_MEAN, "std": CLIP_STD}
     path = os.path.join(vision_dir, "preprocessor_config.json")
     if os.path.isfile(path):
-        with open(path, encoding="utf-8") as handle:
-            config = json.load(handle)
-        size = config.get("size", image_size)
-        settings["size"] = int(size.get("shortest_edge", image_size) if isinstance(size, dict) else size)
-        settings["mean"] = tuple(config.get("image_mean", CLIP_MEAN))
-        settings["std"] = tuple(config.get("image_std", CLIP_STD))
+        config = _json_object(path, "preprocessor_config.json")
+        try:
+            size = config.get("size", image_size)
+            settings["size"] = int(size.get("shortest_edge", image_size) if isinstance(size, dict) else size)
+            settings["mean"] = tuple(float(v) for v in config.get("image_mean", CLIP_MEAN))
+            settings["std"] = tuple(float(v) for v in config.get("image_std", CLIP_STD))
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise CheckpointError(f"{path} has an unexpected size, image_mean or image_std ({exc}).") from None
+        if not 0 < settings["size"] <= 4096 or len(settings["mean"]) != 3 or len(settings["std"]) != 3:
+            raise CheckpointError(f"{path} gives a resize of {settings['size']} or a mean/std that is not 3 values.")
     return settings
 
 
@@ -76,7 +82,7 @@ def load_gill(checkpoint_dir: str, llm_dir: str, vision_dir: str, dtype="fp32", 
     dtype = parse_dtype(dtype)
     args = read_model_args(checkpoint_dir)
     state = read_heads_state(checkpoint_dir)
-    config = heads_config(state, args)
+    config = heads_config(state, args, os.path.join(checkpoint_dir, CHECKPOINT_FILE))
     check_llm_folder(llm_dir, config.llm_dim)
     vision_config = check_vision_folder(vision_dir, config.vision_dim)
 
