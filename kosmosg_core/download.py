@@ -299,6 +299,10 @@ def _open(url: str, mirror: str | None, hint: str, method: str = "GET", headers:
             exc.close()
             raise _RangeRefused from None
         exc.close()
+        if 300 <= exc.code < 400:
+            raise DownloadError(f"{target} answered with redirects that lead nowhere (HTTP {exc.code}: a redirect "
+                                "loop or no usable Location): the server is misconfigured; try again later or use "
+                                f"another --mirror. {hint}") from None
         reason = " ".join(str(exc.reason).split())[:200]
         kind = _Retryable if exc.code >= 500 or exc.code in (408, 429) else DownloadError
         raise kind(f"{exc.url or target} answered HTTP {exc.code} {reason}. {hint}") from None
@@ -613,7 +617,7 @@ class _Body:
     refused: str = ""  # why it is not the file (the partial file is deleted)
 
 
-def _copy(item: Planned, response, offset: int, limit: int, hashers: dict, bar) -> _Body:
+def _copy(item: Planned, response, offset: int, limit: int, hashers: dict, bar, etag: str | None) -> _Body:
     """Stream the body after ``offset`` into the partial file and the hashers, never past ``limit``
     bytes in all. An HTML page is refused from its first bytes, before a file is created."""
     body, head, out = _Body(), b"", None
@@ -624,6 +628,12 @@ def _copy(item: Planned, response, offset: int, limit: int, hashers: dict, bar) 
     def write(data: bytes) -> None:
         nonlocal out
         if out is None:
+            try:
+                os.makedirs(os.path.dirname(item.partial), exist_ok=True)
+            except OSError as exc:
+                raise DownloadError(f"cannot create the folder {os.path.dirname(item.partial)} "
+                                    f"({exc.strerror or exc}); pass --dest with a writable models/ folder.") from None
+            _record_etag(item.partial, etag)
             flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | (os.O_APPEND if offset else os.O_TRUNC)
             out = os.fdopen(os.open(item.partial, flags, 0o644), "ab" if offset else "wb")
         out.write(data)
@@ -694,10 +704,10 @@ def _attempt(item: Planned, mirror: str | None) -> Expected:
     with response:
         _learn_from_headers(expected, response, hops)
         refused = ""
-        if expected.conflicts:
-            refused = f"{item.label}: {expected.conflicts[0]}"
-        elif _html_type(response.headers.get("Content-Type")):
+        if _html_type(response.headers.get("Content-Type")):
             refused = f"{item.label}: the server sent an HTML page (Content-Type {response.headers['Content-Type'][:60]}), not the file"
+        elif expected.conflicts:
+            refused = f"{item.label}: {expected.conflicts[0]}"
         elif response.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity"):
             refused = f"{item.label}: the server sent it encoded ({response.headers['Content-Encoding'][:40]}) though none was asked for"
         elif expected.size is not None and expected.size > item.max_bytes:
@@ -711,13 +721,12 @@ def _attempt(item: Planned, mirror: str | None) -> Expected:
             raise DownloadError(f"{refused}: refused, nothing was saved; run the command again later or use "
                                 f"another --mirror. {item.by_hand()}")
         limit = expected.size if expected.size is not None else item.max_bytes
-        _record_etag(partial, response.headers.get("ETag"))
         hashers = _hashers(expected)
         if offset:
             _hash_file(partial, hashers, f"re-reading {os.path.basename(partial)}", offset)
         with tqdm(total=expected.size, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
                   desc=os.path.basename(item.path), file=sys.stderr) as bar:
-            body = _copy(item, response, offset, limit, hashers, bar)
+            body = _copy(item, response, offset, limit, hashers, bar, response.headers.get("ETag"))
         promised = _digits(response.headers.get("Content-Length"))
     if body.refused:
         _discard(partial)
@@ -762,14 +771,18 @@ def fetch(item: Planned, mirror: str | None = None) -> str:
             return f"already there: {item.label} ({_size(os.path.getsize(item.path))}, {checked.describe()})"
         print(f"{problem}: downloading it again (the existing file stays until the new one is complete and "
               "verified)", file=sys.stderr)
-    try:
-        os.makedirs(os.path.dirname(item.path), exist_ok=True)
-    except OSError as exc:
-        raise DownloadError(f"cannot create the folder {os.path.dirname(item.path)} ({exc.strerror or exc}); "
-                            "pass --dest with a writable ComfyUI models/ folder.") from None
+    folders, folder = [], os.path.dirname(item.path)
+    while folder and not os.path.lexists(folder):  # made only for a file that arrives
+        folders.append(folder)
+        folder = os.path.dirname(folder)
     try:
         expected = _retrying(item.label, lambda: _attempt(item, mirror))
     except DownloadError as exc:
+        for made in folders:  # innermost first; a folder holding a resumable partial file stays
+            try:
+                os.rmdir(made)
+            except OSError:
+                break
         if existing:
             raise DownloadError(f"{exc} The existing {item.path} was left as it was.") from None
         raise
