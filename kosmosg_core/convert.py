@@ -25,6 +25,7 @@ from .checkpoint import (
     module_key,
     open_checkpoint,
 )
+from .config import KosmosGConfig
 from .errors import CheckpointError, TokenizerError
 from .loading import resolve_tokenizer, tokenizer_search_dirs
 from .safe_files import atomic_open, refuse_input_as_output, regular_file, same_file
@@ -70,6 +71,10 @@ def convert(src: str, dst: str, tokenizer: str | None = None, embed_tokenizer: b
                               "the checkpoint. Choose another output path.")
     refuse_input_as_output(dst, inputs, "convert's destination")
     checkpoint = open_checkpoint(src)
+    try:  # the sizes a load would build (contiguous layers, widths): a file that cannot load is not written
+        KosmosGConfig.from_shapes(checkpoint.shapes)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{src}: {exc}") from None
     tok = None
     if embed_tokenizer:
         try:
