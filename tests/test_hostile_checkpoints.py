@@ -349,6 +349,7 @@ def test_planted_cache_file_is_never_used(official_fixture, tmp_path, monkeypatc
     shutil.copy(official_fixture / "checkpoint.pt", folder / "checkpoint.pt")
     reference = load_kosmosg(folder / "checkpoint.pt").encode("a dog").cond
     (cached,) = (folder / converted_cache.CACHE_FOLDER).glob("*" + converted_cache.CACHE_SUFFIX)
+    os.remove(cached)  # the genuine copy goes; only planted files remain
     # what an attacker can plant: every name the old scheme would pick, with other weights inside
     poisoned = {k: v + 1 if v.is_floating_point() else v for k, v in _official_state(official_fixture).items()}
     other = tmp_path / "other.pt"
@@ -362,7 +363,6 @@ def test_planted_cache_file_is_never_used(official_fixture, tmp_path, monkeypatc
     for name in (f"checkpoint.pt.{stat.st_size}-{stat.st_mtime_ns}.float32{converted_cache.CACHE_SUFFIX}",
                  attackers_name):
         shutil.copy(planted, folder / converted_cache.CACHE_FOLDER / name)
-    os.remove(cached)
     assert converted_cache.find_cached(str(folder / "checkpoint.pt"), torch.float32) is None
     assert torch.equal(load_kosmosg(folder / "checkpoint.pt").encode("a dog").cond, reference)
 
