@@ -119,3 +119,45 @@ def test_published_copy_runs_a_workflow_on_its_own(published, tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     saved = [line for line in done.stdout.splitlines() if line.startswith("image saved: ")]
     assert saved and os.path.isfile(saved[0].removeprefix("image saved: "))
+
+
+def test_pip_install_ships_every_subpackage(tmp_path):
+    """`pip install .` into an empty environment, then the entry points work from outside the checkout.
+
+    The environment is empty of this project but sees .venv's packages (torch, transformers, ...)
+    through a .pth line, so nothing is downloaded: `--no-deps --no-build-isolation`. The source is a
+    copy of the checkout's files (what a clone has), so the build writes nothing into the checkout."""
+    import shutil
+    import sysconfig
+
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout.split("\0")
+    source = tmp_path / "source"
+    for name in filter(None, listed):
+        if (REPO / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    own = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    base = sysconfig.get_paths()["purelib"]
+    Path(own, "_base_environment.pth").write_text(f"import site; site.addsitedir({base!r})\n")
+    away = tmp_path / "elsewhere"
+    away.mkdir()
+    env = clean_env(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
+                           "--no-build-isolation", "--no-index", "--disable-pip-version-check", "-q", str(source)],
+                          cwd=away, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    installed = {path.name for path in Path(own).iterdir()}
+    assert "kosmosg_core" in installed and not installed & {"nodes", "tests", "training", "scripts", "workflows"}
+    for command in ([str(venv / "bin" / "kosmosg"), "encode", "--help"],
+                    [str(python), "-m", "kosmosg_core", "eval", "--help"],
+                    [str(python), "-c", "import kosmosg_core, kosmosg_core.gill, kosmosg_core.runner, "
+                                        "kosmosg_core.evaluation; print(kosmosg_core.__file__)"]):
+        done = subprocess.run(command, cwd=away, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, (command, done.stdout[-2000:], done.stderr[-4000:])
+        assert "Traceback" not in done.stderr, done.stderr
+    assert Path(done.stdout.strip()).is_relative_to(own)  # the installed copy, not the checkout
