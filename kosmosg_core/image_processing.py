@@ -55,7 +55,12 @@ def check_pixel_count(width: int, height: int, what: str = "image") -> None:
 
 
 def load_image_file(path: str | os.PathLike) -> Image.Image:
-    """Decode an image file the way the official demo received it (EXIF applied, RGB).
+    """Decode an image file the way the official demo received it (EXIF applied, RGB)."""
+    return to_rgb(decode_image_file(path))
+
+
+def decode_image_file(path: str | os.PathLike) -> Image.Image:
+    """The decoded image as stored (no EXIF rotation, any mode), under this module's limits.
 
     Only regular files (a FIFO would block forever); the size in the header is checked before
     the pixels are decoded."""
@@ -67,7 +72,7 @@ def load_image_file(path: str | os.PathLike) -> Image.Image:
                 check_pixel_count(image.width, image.height, f"image {path}")
                 image.load()
                 check_pixel_count(image.width, image.height, f"image {path}")  # some formats pick a size on load
-                return to_rgb(image)
+                return image.copy()  # closing the file invalidates the decoded image in Pillow
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
@@ -85,7 +90,11 @@ def load_image_file(path: str | os.PathLike) -> Image.Image:
 def to_rgb(image: Image.Image) -> Image.Image:
     """EXIF orientation, then Pillow's ``convert("RGB")``: alpha dropped, grey replicated."""
     check_pixel_count(image.width, image.height)
-    image = ImageOps.exif_transpose(image)
+    try:
+        image = ImageOps.exif_transpose(image)
+    except (OSError, SyntaxError, ValueError, TypeError, KeyError, IndexError, ZeroDivisionError, struct_error) as exc:
+        raise ImageError(f"the image's EXIF data is damaged ({' '.join(str(exc).split())[:200]}): re-save the "
+                         "picture without metadata.") from None
     if image.width == 0 or image.height == 0:
         raise ImageError(f"image has no pixels ({image.width}x{image.height}).")
     return image if image.mode == "RGB" else image.convert("RGB")

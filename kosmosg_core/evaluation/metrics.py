@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from ..errors import ImageError, KosmosGError
-from ..image_processing import center_crop, resize_bicubic
+from ..image_processing import center_crop, decode_image_file, resize_bicubic
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -29,14 +29,11 @@ def import_torchmetrics():
 
 
 def open_rgb(path_or_image) -> Image.Image:
-    """RGB without EXIF rotation (the scoring scripts open files plainly); unreadable files are an ImageError."""
+    """RGB without EXIF rotation (the scoring scripts open files plainly), under the library's image
+    limits (regular files only, pixel count checked from the header); unreadable files are an ImageError."""
     if isinstance(path_or_image, Image.Image):
         return path_or_image.convert("RGB")
-    try:
-        with Image.open(path_or_image) as image:
-            return image.convert("RGB")
-    except (OSError, SyntaxError) as exc:
-        raise ImageError(f"{path_or_image} is not a readable image file ({exc}); replace or delete it and rerun.") from None
+    return decode_image_file(path_or_image).convert("RGB")
 
 
 def to_unit_tensor(image: Image.Image) -> torch.Tensor:
