@@ -78,6 +78,79 @@ def test_kv_cache_matches_full_recomputation_and_forced_slot_matches_encode(gill
     assert forced.text == "<i><i><i>"
 
 
+
+def test_kv_cache_is_a_transformers_cache_passed_without_deprecated_arguments(gill):
+    """The cache is a ``transformers.Cache`` handed over under the name the installed decoder declares
+    (``cache`` from 5.24, ``past_key_values`` before), so no deprecation is warned about (or logged)."""
+    import inspect
+    import logging
+    import warnings
+
+    from transformers import Cache
+
+    decoder = gill.lm.model.decoder
+    declared = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+    calls, logged = [], []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            logged.append(record.getMessage())
+
+    handler = Collect(level=logging.WARNING)
+    logging.getLogger("transformers").addHandler(handler)
+    hook = decoder.register_forward_pre_hook(lambda module, args, kwargs: calls.append(dict(kwargs)), with_kwargs=True)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cached = gill.generate("A photo of", max_new_tokens=4, stop_at_newline=False)
+            full = gill.generate("A photo of", max_new_tokens=4, stop_at_newline=False, use_cache=False)
+    finally:
+        hook.remove()
+        logging.getLogger("transformers").removeHandler(handler)
+    assert torch.equal(cached.ids, full.ids)
+    with_cache = [call for call in calls if call.get("use_cache")]
+    assert len(with_cache) == 4  # the context, then one step per token but the last
+    for call in with_cache:
+        assert isinstance(call[declared], Cache) and set(call) & {"cache", "past_key_values"} == {declared}
+    assert all(call[declared] is with_cache[0][declared] for call in with_cache)  # one cache, extended in place
+    assert with_cache[-1][declared].get_seq_length() > 0
+    def about_the_cache(message: str) -> bool:
+        return "past_key_values" in message or ("cache" in message and "deprecat" in message.lower())
+
+    deprecations = [str(w.message) for w in caught if about_the_cache(str(w.message))] + list(filter(about_the_cache, logged))
+    assert not deprecations, deprecations
+
+
+def test_kv_cache_tests_pass_under_the_lowest_declared_transformers():
+    """The other end of the supported range: the ``-k cache`` GILL tests in an environment that is
+    .venv with transformers pinned to requirements.txt's lower bound (built by scripts/run.sh)."""
+    import os
+    import re
+    import subprocess
+    from pathlib import Path
+
+    from conftest import REPO
+
+    if os.environ.get("KOSMOSG_LOWEST_TIER"):
+        pytest.skip("already inside the lowest-transformers tier")
+    (lowest,) = re.findall(r"^transformers>=(\S+)$", (REPO / "requirements.txt").read_text(), flags=re.M)
+    python = Path(os.environ.get("KOSMOSG_LOWEST_VENV", REPO / ".venv" / "lowest")) / "bin" / "python"
+    if not python.exists():
+        message = f"{python} is missing: `bash scripts/run.sh test` builds it (transformers=={lowest} over .venv)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    version = subprocess.run([str(python), "-c", "import transformers; print(transformers.__version__)"],
+                             capture_output=True, text=True, cwd=REPO)
+    from packaging.version import Version
+
+    assert version.returncode == 0 and Version(version.stdout.strip()) == Version(lowest), version.stdout + version.stderr
+    env = {**os.environ, "KOSMOSG_LOWEST_TIER": "1"}
+    done = subprocess.run([str(python), "-m", "pytest", "tests/test_gill.py", "-k", "cache", "-q", "-p", "no:cacheprovider"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert re.search(r"\b2 passed\b", done.stdout), done.stdout[-2000:]
+
 def test_sampling_is_seeded_and_checks_its_settings(gill):
     a = gill.generate("A photo of", max_new_tokens=8, temperature=0.8, top_p=0.9, seed=3, stop_at_newline=False)
     b = gill.generate("A photo of", max_new_tokens=8, temperature=0.8, top_p=0.9, seed=3, stop_at_newline=False)

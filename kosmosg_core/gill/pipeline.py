@@ -26,6 +26,15 @@ from .modeling import DecisionModel, GILLHeads
 VISUAL = -100  # marks visual-prefix positions in input_ids (the official convention)
 
 
+def _cache_argument(decoder: torch.nn.Module) -> str:
+    """The name under which ``decoder.forward`` takes its KV cache: ``cache`` (transformers >= 5.24)
+    or ``past_key_values`` (older; deprecated from 5.24, removed in 5.40)."""
+    import inspect
+
+    parameters = inspect.signature(decoder.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
 class GenerationSettingError(PromptError, ValueError):
     """A generation setting (temperature, top_p, max_new_tokens, ...) outside its range."""
 
@@ -193,10 +202,23 @@ class GILL:
     def _decoder(self, embeds: torch.Tensor, cache=None):
         """OPT decoder: final-LayerNorm hidden states (== ``hidden_states[-1]``) and the cache.
 
-        ``cache``: ``False`` for none, ``None`` to start one, or the cache to extend."""
-        use_cache = cache is not False
-        out = self.lm.model.decoder(inputs_embeds=embeds, past_key_values=cache if use_cache else None, use_cache=use_cache)
-        return out.last_hidden_state, out.past_key_values
+        ``cache``: ``False`` for none, ``None`` to start one, or the cache to extend. The cache is a
+        ``transformers.DynamicCache`` that we create and that the decoder extends in place; it is
+        passed under the name the installed decoder declares (``cache`` from transformers 5.24,
+        ``past_key_values`` before), so no deprecated argument is used at either end."""
+        decoder = self.lm.model.decoder
+        if cache is False:
+            return decoder(inputs_embeds=embeds, use_cache=False).last_hidden_state, None
+        if cache is None:
+            from transformers import DynamicCache
+
+            cache = DynamicCache()
+        seen = cache.get_seq_length()
+        out = decoder(inputs_embeds=embeds, use_cache=True, **{_cache_argument(decoder): cache})
+        if cache.get_seq_length() != seen + embeds.shape[1]:  # an API change must fail loudly, not decode garbage
+            raise RuntimeError("the OPT decoder did not extend the KV cache it was given; this transformers "
+                               "version is not supported, see requirements.txt")
+        return out.last_hidden_state, cache
 
     # -- image slots ---------------------------------------------------------------------------
     @torch.inference_mode()
