@@ -7,6 +7,7 @@ GILL files, a stage-1 file) by their keys, never by their names.
 
 from __future__ import annotations
 
+import itertools
 import json
 import mmap
 import os
@@ -18,8 +19,8 @@ import torch
 
 from .config import ALIGNER, CONNECTOR, TEXT, VISION
 from .errors import CheckpointError, TokenizerError
-from .safe_files import regular_file
 from .host_memory import PAGE, cast_into, inner_pages
+from .safe_files import regular_file
 from .safe_pickle import damaged_file_message, restricted_torch_load
 
 CONVERTED_FORMAT = "kosmosg-core/1"
@@ -157,14 +158,14 @@ class Checkpoint:
     _safe: object | None = None
     _offsets: dict[str, int] | None = None  # safetensors: absolute byte offset of each tensor
     source_path: str | None = None  # for a cached conversion: the official file it came from
-    _map: "MappedFile | None" = None
+    _map: MappedFile | None = None
 
     def tensor(self, key: str) -> torch.Tensor:
         if self._safe is not None:
             return self._safe.get_tensor(key)
         return self._state[key]
 
-    def read_into(self, key: str, out: torch.Tensor, reader: "ChunkedReader | None") -> None:
+    def read_into(self, key: str, out: torch.Tensor, reader: ChunkedReader | None) -> None:
         """Fill the CPU tensor ``out`` (any float dtype) with ``key``, casting on the way.
 
         From a safetensors file the source is the mapped file, released once copied, so peak memory
@@ -207,7 +208,7 @@ class Checkpoint:
         if self._map is not None:
             self._map.make_resident()
 
-    def reader(self) -> "ChunkedReader | None":
+    def reader(self) -> ChunkedReader | None:
         """One open reader for many ``read_into`` calls (None for pickles, which need none)."""
         return ChunkedReader(self.path) if self._offsets is not None else None
 
@@ -354,7 +355,7 @@ def _safetensors_offsets(path: str):
         shapes[name], dtypes[name], offsets[name] = tuple(shape), dtype, start + span[0]
         ranges.append((span[0], span[1], name))
     ranges.sort()
-    for (_, end, first), (begin, _, second) in zip(ranges, ranges[1:]):
+    for (_, end, first), (begin, _, second) in itertools.pairwise(ranges):
         if begin < end:
             raise bad(f"tensors {first[:60]!r} and {second[:60]!r} overlap")
     return offsets, metadata, shapes, dtypes

@@ -74,7 +74,7 @@ class KosmosGConfig:
         return limit
 
     @classmethod
-    def from_shapes(cls, shapes: Mapping[str, tuple[int, ...]]) -> "KosmosGConfig":
+    def from_shapes(cls, shapes: Mapping[str, tuple[int, ...]]) -> KosmosGConfig:
         def shape(key: str) -> tuple[int, ...]:
             if key not in shapes:
                 raise CheckpointError(f"checkpoint lacks {key}, which every Kosmos-G checkpoint has.")

@@ -17,7 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from .checkpoint import KIND_STAGE1, KIND_STAGE2, Checkpoint, module_key, open_checkpoint
+from .checkpoint import (
+    KIND_STAGE1,
+    KIND_STAGE2,
+    Checkpoint,
+    module_key,
+    open_checkpoint,
+)
 from .config import KosmosGConfig
 from .encoder import KosmosGEncoder
 from .errors import CheckpointError, TokenizerError

@@ -117,7 +117,7 @@ def stand_in(module: str, name: str, cache: dict[str, type] | None = None) -> ty
 class _StorageType:
     """What ``torch.FloatStorage`` & co. resolve to: only a dtype, for persistent ids."""
 
-    __slots__ = ("name", "dtype")
+    __slots__ = ("dtype", "name")
 
     def __init__(self, name: str, dtype: torch.dtype):
         self.name, self.dtype = name, dtype
@@ -129,7 +129,7 @@ class _StorageType:
 class _Storage:
     """A storage read from the file: ``data`` is a 1-D uint8 tensor (None in a sizing pass)."""
 
-    __slots__ = ("dtype", "nbytes", "data")
+    __slots__ = ("data", "dtype", "nbytes")
 
     def __init__(self, dtype: torch.dtype, nbytes: int, data: torch.Tensor | None):
         self.dtype, self.nbytes, self.data = dtype, nbytes, data
@@ -163,7 +163,7 @@ class RestrictedUnpickler(pickle._Unpickler):
     """Pure-Python unpickler: allow-listed globals through checked wrappers, stand-ins for the rest,
     mutations only of objects the pickle created, persistent ids only for storages."""
 
-    dispatch = dict(pickle._Unpickler.dispatch)
+    dispatch = dict(pickle._Unpickler.dispatch)  # noqa: RUF012 - pickle's own per-class opcode table
 
     def __init__(self, file, *, storage_loader=None, max_bytes: int | None = None, **kwargs):
         kwargs.setdefault("encoding", "utf-8")

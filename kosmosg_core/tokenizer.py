@@ -45,7 +45,7 @@ class FairseqDictionary:
         return len(self.symbols)
 
     @classmethod
-    def from_dict_txt(cls, text: str, source: str = "dict.txt") -> "FairseqDictionary":
+    def from_dict_txt(cls, text: str, source: str = "dict.txt") -> FairseqDictionary:
         dictionary = cls()
         for special in FAIRSEQ_SPECIALS:
             dictionary.add_symbol(special)
@@ -108,7 +108,7 @@ class KosmosGTokenizer:
         return [self.dictionary.index(piece) for piece in self.pieces(text)]
 
     @classmethod
-    def from_files(cls, spm_path: str, dict_path: str) -> "KosmosGTokenizer":
+    def from_files(cls, spm_path: str, dict_path: str) -> KosmosGTokenizer:
         spm_path = regular_file(spm_path, SPM_FILENAME, TokenizerError, max_bytes=MAX_TOKENIZER_FILE_BYTES)
         with open(spm_path, "rb") as handle:
             spm_model = handle.read(MAX_TOKENIZER_FILE_BYTES + 1)
@@ -116,7 +116,7 @@ class KosmosGTokenizer:
         return cls(spm_model, dict_txt, source=os.path.dirname(spm_path) or ".")
 
     @classmethod
-    def from_dir(cls, directory: str) -> "KosmosGTokenizer":
+    def from_dir(cls, directory: str) -> KosmosGTokenizer:
         spm_path = os.path.join(directory, SPM_FILENAME)
         dict_path = os.path.join(directory, DICT_FILENAME)
         missing = [p for p in (spm_path, dict_path) if not os.path.isfile(p)]

@@ -18,11 +18,17 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-
 from hostile_harness import Canary, assert_clear_error, run_cli
+
 from kosmosg_core import load_kosmosg, open_checkpoint
 from kosmosg_core.config import count_layers
-from kosmosg_core.errors import CheckpointError, KosmosGError, OutputPathError, RefusedPickleError, TokenizerError
+from kosmosg_core.errors import (
+    CheckpointError,
+    KosmosGError,
+    OutputPathError,
+    RefusedPickleError,
+    TokenizerError,
+)
 from kosmosg_core.safe_pickle import RestrictedUnpickler, restricted_torch_load
 
 # -- pickle assembler -------------------------------------------------------------------------------
@@ -383,7 +389,11 @@ def test_non_utf8_dict_txt_is_a_tokenizer_error(official_fixture, tmp_path, cont
 @pytest.mark.parametrize("content,match", [(b"\xff\xfe", "not UTF-8"), (b"{nope", "not valid JSON"),
                                            (b"[1, 2]", "not an object"), (b'{"num_tokens": "eight"}', "num_tokens")])
 def test_bad_model_args_json_is_one_checkpoint_error(gill_fixture, tmp_path, content, match):
-    from kosmosg_core.gill.checkpoint import heads_config, read_heads_state, read_model_args
+    from kosmosg_core.gill.checkpoint import (
+        heads_config,
+        read_heads_state,
+        read_model_args,
+    )
 
     (tmp_path / "model_args.json").write_bytes(content)
     with pytest.raises(CheckpointError, match=match):
@@ -391,7 +401,11 @@ def test_bad_model_args_json_is_one_checkpoint_error(gill_fixture, tmp_path, con
 
 
 def test_gill_state_missing_a_head_is_named(gill_fixture, tmp_path):
-    from kosmosg_core.gill.checkpoint import heads_config, read_heads_state, read_model_args
+    from kosmosg_core.gill.checkpoint import (
+        heads_config,
+        read_heads_state,
+        read_model_args,
+    )
 
     state = read_heads_state(str(gill_fixture))
     del state["visual_embeddings.weight"]
@@ -400,7 +414,12 @@ def test_gill_state_missing_a_head_is_named(gill_fixture, tmp_path):
 
 
 def test_gill_layer_gap_is_refused(gill_fixture, tmp_path):
-    from kosmosg_core.gill.checkpoint import MAPPER, heads_config, read_heads_state, read_model_args
+    from kosmosg_core.gill.checkpoint import (
+        MAPPER,
+        heads_config,
+        read_heads_state,
+        read_model_args,
+    )
 
     state = read_heads_state(str(gill_fixture))
     state[MAPPER + "tfm.encoder.layers.99999999.linear1.weight"] = torch.zeros(1)

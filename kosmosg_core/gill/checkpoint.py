@@ -38,8 +38,7 @@ def _state_dict(obj, path: str) -> dict[str, torch.Tensor]:
 
 def _strip(key: str) -> str:
     for prefix in ("module.", "model."):
-        if key.startswith(prefix):
-            key = key[len(prefix) :]
+        key = key.removeprefix(prefix)
     return key
 
 

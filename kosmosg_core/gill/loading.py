@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import torch
@@ -12,8 +11,8 @@ from ..image_processing import CLIP_MEAN, CLIP_STD
 from ..loading import parse_dtype
 from .checkpoint import (
     CHECKPOINT_FILE,
-    _json_object,
     IMG_ROWS,
+    _json_object,
     check_llm_folder,
     check_vision_folder,
     heads_config,
