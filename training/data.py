@@ -147,7 +147,9 @@ class ShardWriter:
             raise OutputPathError(f"output folder {directory} already holds shards ({os.path.basename(existing_shards(directory, prefix)[0])}, "
                                   "...) and they are not overwritten: choose another --out, or pass --overwrite.")
         os.makedirs(directory, exist_ok=True)
-        self.directory, self.per_shard, self.prefix, self.inputs = directory, per_shard, prefix, list(inputs or [])
+        # ``inputs`` is kept by reference: the caller adds each input file as it reads it
+        self.directory, self.per_shard, self.prefix = directory, per_shard, prefix
+        self.inputs = inputs if inputs is not None else []
         self.count, self.tar, self.paths = 0, None, []
         self._temps: list[str] = []
 

@@ -278,42 +278,44 @@ class Trainer:
         self.resume()
         bar = tqdm(total=args.max_steps, initial=self.step, disable=not acc.is_main_process, desc="training")
         started, samples = time.perf_counter(), 0
-        while self.step < args.max_steps:
-            self.model.train()
-            totals: dict[str, float] = {}
-            for micro in range(args.grad_accum):
-                epoch, indices = batch_for(len(self.dataset), self.step, micro, self.global_batch,
-                                           args.batch_size * self.world, acc.process_index, args.batch_size, args.seed)
-                batch = Batch(indices, 0 if args.fixed_randomness else epoch, [self.dataset[i] for i in indices])
-                syncing = micro == args.grad_accum - 1  # all-reduce only on the last micro-step
-                with (contextlib.nullcontext() if syncing else acc.no_sync(self.model)), acc.autocast():
-                    losses = self.model(batch)
-                    acc.backward(losses["loss"] / args.grad_accum)
-                for name, value in losses.items():
-                    totals[name] = totals.get(name, 0.0) + float(value.detach()) / args.grad_accum
-            if args.max_grad_norm:
-                acc.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.after_step is not None:
-                self.after_step(acc.unwrap_model(self.model))
-            self.step += 1
-            samples += self.global_batch
-            bar.update(1)
-            if self.step % args.log_every == 0 or self.step == args.max_steps:
-                throughput = samples / (time.perf_counter() - started)
-                record = {"step": self.step, **{k: round(v, 6) for k, v in totals.items()},
-                          "lr": self.scheduler.get_last_lr()[0], "samples_per_second": round(throughput, 3)}
-                bar.set_postfix(loss=f"{totals['loss']:.4f}", sps=f"{throughput:.1f}")
-                if acc.is_main_process:
-                    with open(self.log_path, "a") as handle:
-                        handle.write(json.dumps(record) + "\n")
-            if self.step % args.save_every == 0 or self.step == args.max_steps:
-                self.save()
-            if args.crash_at_step is not None and self.step == args.crash_at_step:
-                os._exit(17)  # simulated kill: no cleanup, no final save
-        bar.close()
+        try:  # the bar ends its line even when a step fails, so an error is a line of its own
+            while self.step < args.max_steps:
+                self.model.train()
+                totals: dict[str, float] = {}
+                for micro in range(args.grad_accum):
+                    epoch, indices = batch_for(len(self.dataset), self.step, micro, self.global_batch,
+                                               args.batch_size * self.world, acc.process_index, args.batch_size, args.seed)
+                    batch = Batch(indices, 0 if args.fixed_randomness else epoch, [self.dataset[i] for i in indices])
+                    syncing = micro == args.grad_accum - 1  # all-reduce only on the last micro-step
+                    with (contextlib.nullcontext() if syncing else acc.no_sync(self.model)), acc.autocast():
+                        losses = self.model(batch)
+                        acc.backward(losses["loss"] / args.grad_accum)
+                    for name, value in losses.items():
+                        totals[name] = totals.get(name, 0.0) + float(value.detach()) / args.grad_accum
+                if args.max_grad_norm:
+                    acc.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.after_step is not None:
+                    self.after_step(acc.unwrap_model(self.model))
+                self.step += 1
+                samples += self.global_batch
+                bar.update(1)
+                if self.step % args.log_every == 0 or self.step == args.max_steps:
+                    throughput = samples / (time.perf_counter() - started)
+                    record = {"step": self.step, **{k: round(v, 6) for k, v in totals.items()},
+                              "lr": self.scheduler.get_last_lr()[0], "samples_per_second": round(throughput, 3)}
+                    bar.set_postfix(loss=f"{totals['loss']:.4f}", sps=f"{throughput:.1f}")
+                    if acc.is_main_process:
+                        with open(self.log_path, "a") as handle:
+                            handle.write(json.dumps(record) + "\n")
+                if self.step % args.save_every == 0 or self.step == args.max_steps:
+                    self.save()
+                if args.crash_at_step is not None and self.step == args.crash_at_step:
+                    os._exit(17)  # simulated kill: no cleanup, no final save
+        finally:
+            bar.close()
         return acc.unwrap_model(self.model)
 
     def full_state_dict(self) -> dict:
