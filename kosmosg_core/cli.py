@@ -7,6 +7,7 @@ import json
 import os
 import sys
 
+from .cli_types import device, finite_float, int_range
 from .errors import KosmosGError, guarded_main
 from .safe_files import atomic_write_with, refuse_input_as_output
 
@@ -179,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--image", action="append", help="image file, once per image, in placeholder order")
     enc.add_argument("--negative", default="", help="negative prompt (default: Kosmos-G's null embedding)")
     enc.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
-    enc.add_argument("--device", default="cpu", help="cpu or cuda")
+    enc.add_argument("--device", type=device, default="cpu", help="cpu or cuda")
     enc.add_argument("--quantization", choices=["none", "int8"], default="none",
                      help="Kosmos-G: int8 weight-only (needs torchao)")
     enc.add_argument("--compile", action="store_true", help="Kosmos-G: torch.compile the MLLM and vision tower")
@@ -193,15 +194,15 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--index", help="retrieval index (for the older decision model)")
     gen.add_argument("--prompt", required=True, help="text with <i> where images go, e.g. 'Q: what is this <i>\\nA:'")
     gen.add_argument("--image", action="append")
-    gen.add_argument("--max-new-tokens", type=int, default=32)
-    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    gen.add_argument("--top-p", type=float, default=1.0)
-    gen.add_argument("--min-word-tokens", type=int, default=0, help="tokens before an image slot may appear")
-    gen.add_argument("--ret-scale", type=float, default=1.0, help="scale of the [IMG0] logit (official ret_scale_factor)")
-    gen.add_argument("--gen-scale", type=float, default=1.0, help="scale of the [IMG0] logit (official gen_scale_factor)")
-    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--max-new-tokens", type=int_range(0, 1_000_000), default=32)
+    gen.add_argument("--temperature", type=finite_float(0.0, 1000.0), default=0.0, help="0 = greedy")
+    gen.add_argument("--top-p", type=finite_float(0.0, 1.0), default=1.0)
+    gen.add_argument("--min-word-tokens", type=int_range(0, 1_000_000), default=0, help="tokens before an image slot may appear")
+    gen.add_argument("--ret-scale", type=finite_float(-1e4, 1e4), default=1.0, help="scale of the [IMG0] logit (official ret_scale_factor)")
+    gen.add_argument("--gen-scale", type=finite_float(-1e4, 1e4), default=1.0, help="scale of the [IMG0] logit (official gen_scale_factor)")
+    gen.add_argument("--seed", type=int_range(0, 2**63 - 1), default=None)
     gen.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
-    gen.add_argument("--device", default="cpu")
+    gen.add_argument("--device", type=device, default="cpu")
     gen.add_argument("--out", help="write the raw ids (greedy_ids when temperature is 0) and slot tensors")
     gen.set_defaults(run=_generate_text)
 
@@ -212,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     for flag in ("--checkpoint", "--llm", "--vision"):
         index.add_argument(flag, help="build: GILL release / OPT / CLIP folders")
     index.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
-    index.add_argument("--device", default="cpu")
+    index.add_argument("--device", type=device, default="cpu")
     index.set_defaults(run=_gill_index)
 
     conv = sub.add_parser("convert", help="official .pt -> .safetensors (streamed)")
@@ -237,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     flow.add_argument("--offline-smoke", action="store_true", help="run on tiny random weights made on the spot")
     flow.add_argument("--comfyui", help="ComfyUI folder (default: COMFYUI_PATH, the ComfyUI around this pack, or the test host)")
     flow.add_argument("--base-dir", help="ComfyUI base folder (models/, input/, output/) to use instead of the default")
-    flow.add_argument("--steps", type=int, help="override the sampler steps")
+    flow.add_argument("--steps", type=int_range(1, 10_000), help="override the sampler steps")
     flow.add_argument("--size", help="override the latent size, e.g. 512x512")
     flow.set_defaults(run=_workflow)
 

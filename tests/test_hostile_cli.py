@@ -103,11 +103,11 @@ def test_output_that_is_a_folder_is_one_line(release, tmp_path):
 @pytest.mark.parametrize("args,pattern", [
     (["encode", "--dtype", "zz", "--checkpoint", "x", "--prompt", "p", "--out", "o"], r"invalid choice: 'zz'"),
     (["bench", "--size", "abc"], r"--size: invalid choice"),
-    (["eval", "dreambench", "--batch-size", "x"], r"--batch-size: invalid int value"),
+    (["eval", "dreambench", "--batch-size", "x"], r"--batch-size: .x. is not a whole number"),
     (["nope"], r"invalid choice: 'nope'"),
     (["encode"], r"required"),
     (["generate-text", "--checkpoint", "a", "--llm", "b", "--vision", "c", "--prompt", "p", "--max-new-tokens", "1e9"],
-     r"--max-new-tokens: invalid int value"),
+     r"--max-new-tokens: .1e9. is not a whole number"),
 ])
 def test_bad_arguments_are_one_line(args, pattern, tmp_path):
     canary = Canary(tmp_path)
@@ -211,4 +211,27 @@ def test_eval_results_never_go_over_an_input(tmp_path, which):
     canary = Canary(tmp_path)
     outcome = run_cli(["eval", "dreambench", "--data", data, "--sd", sd, "--checkpoint", checkpoint, "--out", out])
     assert_clear_error(outcome, r"--out .* is the input file")
+    canary.check()
+
+
+@pytest.mark.parametrize("args,pattern", [
+    (["encode", "--device", "cuda:7", "--checkpoint", "x", "--prompt", "p", "--out", "o"], r"--device: 'cuda:7'"),
+    (["encode", "--device", "toaster", "--checkpoint", "x", "--prompt", "p", "--out", "o"], r"is not a device"),
+    (["generate-text", "--checkpoint", "a", "--llm", "b", "--vision", "c", "--prompt", "p", "--temperature", "nan"],
+     r"--temperature: nan is outside"),
+    (["generate-text", "--checkpoint", "a", "--llm", "b", "--vision", "c", "--prompt", "p", "--top-p", "1.5"],
+     r"--top-p: 1.5 is outside"),
+    (["generate-text", "--checkpoint", "a", "--llm", "b", "--vision", "c", "--prompt", "p", "--max-new-tokens", "-1"],
+     r"--max-new-tokens: -1 is outside"),
+    (["eval", "coco-fid", "--data", "d", "--sd", "s", "--checkpoint", "c", "--out", "o", "--size", "1000000"],
+     r"--size: 1000000 is outside"),
+    (["eval", "vist", "--data", "d", "--sd", "s", "--checkpoint", "c", "--out", "o", "--batch-size", "0"],
+     r"--batch-size: 0 is outside"),
+    (["eval", "vist", "--data", "d", "--sd", "s", "--checkpoint", "c", "--out", "o", "--guidance", "inf"],
+     r"--guidance: inf is outside"),
+    (["workflow", "w.json", "--steps", "-3"], r"--steps: -3 is outside"),
+])
+def test_out_of_range_values_are_refused_while_parsing(args, pattern, tmp_path):
+    canary = Canary(tmp_path)
+    assert_clear_error(run_cli(args, cwd=tmp_path), pattern)
     canary.check()

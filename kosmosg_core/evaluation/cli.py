@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..cli_types import device, finite_float, int_range
 from .datasets import PROMPT_STYLES, VIST_CONTEXTS
 
 SCORERS = {"dino": "facebook/dino-vits16", "clip_b32": "openai/clip-vit-base-patch32",
@@ -23,14 +24,15 @@ def add_eval_parser(sub) -> None:
     common.add_argument("--sd", required=True, help="diffusers SD 1.5 folder (unet/, vae/, scheduler/, text_encoder/, tokenizer/)")
     common.add_argument("--checkpoint", required=True, help="Kosmos-G: checkpoint_final.pt; GILL: the release folder")
     common.add_argument("--out", required=True, help="results folder (images/, results.json, results.md); reruns resume")
-    common.add_argument("--device", help="default: cuda when available, else cpu")
+    common.add_argument("--device", type=device, help="default: cuda when available, else cpu")
     common.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="default: fp16 on CUDA (as the official code), else fp32")
-    common.add_argument("--batch-size", type=int, default=1, help="prompts per U-Net batch")
-    common.add_argument("--limit", type=int, help="only the first N items (a quick, non-comparable run)")
+    common.add_argument("--batch-size", type=int_range(1, 1024), default=1, help="prompts per U-Net batch")
+    common.add_argument("--limit", type=int_range(1, 10**9), help="only the first N items (a quick, non-comparable run)")
     common.add_argument("--score-only", action="store_true", help="score the images already in --out")
-    common.add_argument("--scorer-device", help="device for the metric models (default: --device)")
-    for flag in ("scheduler", "steps", "guidance", "per-prompt", "seed", "size"):
-        kind = {"scheduler": str, "guidance": float}.get(flag, int)
+    common.add_argument("--scorer-device", type=device, help="device for the metric models (default: --device)")
+    kinds = {"scheduler": str, "steps": int_range(1, 10_000), "guidance": finite_float(0.0, 100.0),
+             "per-prompt": int_range(1, 1000), "seed": int_range(0, 2**63 - 1), "size": int_range(64, 4096)}
+    for flag, kind in kinds.items():
         common.add_argument(f"--{flag}", type=kind, help="override the official setting (the run is then labelled)")
     ev = sub.add_parser("eval", help="reproduce the papers' benchmarks (results.json + results.md)")
     protocols = ev.add_subparsers(dest="protocol", required=True)
@@ -45,9 +47,9 @@ def add_eval_parser(sub) -> None:
 
     coco = protocols.add_parser("coco-fid", parents=[common], help="Kosmos-G: zero-shot FID on MS-COCO 2014 val")
     coco.add_argument("--tokenizer", help="Kosmos-G tokenizer folder (default: beside the checkpoint)")
-    coco.add_argument("--captions", type=int, default=30000, help="captions sampled from the annotations (official 30000)")
+    coco.add_argument("--captions", type=int_range(1, 10**7), default=30000, help="captions sampled from the annotations (official 30000)")
     coco.add_argument("--caption-seed", type=int, default=0)
-    coco.add_argument("--real-limit", type=int, help="use only the first N real images (official: all)")
+    coco.add_argument("--real-limit", type=int_range(1, 10**9), help="use only the first N real images (official: all)")
     coco.add_argument("--fid-features", default="inception", help="inception (published protocol) or clip:<model>")
     coco.add_argument("--inception-weights", help="local copy of torch-fidelity's Inception weights (offline runs)")
 

@@ -1,0 +1,55 @@
+"""argparse value types shared by the command-line parsers: a bad value is refused while the
+arguments are parsed, as one line naming the flag, before anything is loaded."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def device(text: str) -> str:
+    """argparse type: a torch device this machine has (``cuda`` without a GPU is refused here, not deep
+    inside a load)."""
+    import torch
+
+    try:
+        parsed = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device (use cpu, cuda, cuda:1, mps)") from None
+    if parsed.type == "cuda" and (not torch.cuda.is_available() or (parsed.index or 0) >= torch.cuda.device_count()):
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                                         "usable by this torch build; use --device cpu")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: MPS is not available here; use --device cpu")
+    return text
+
+
+def int_range(low: int, high: int):
+    """argparse type: a whole number in ``[low, high]`` (a huge value would allocate without end)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is outside {low}..{high}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
+def finite_float(low: float, high: float):
+    """argparse type: a float in ``[low, high]`` (NaN and infinities refused)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not low <= value <= high:  # also false for NaN
+            raise argparse.ArgumentTypeError(f"{value} is outside {low}..{high}")
+        return value
+
+    parse.__name__ = "float"
+    return parse
