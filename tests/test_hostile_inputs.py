@@ -222,6 +222,23 @@ def test_real_photo_sizes_still_pass(tmp_path):
     assert 224 * 224 * 900 <= MAX_RESIZED_PIXELS
 
 
+def _odd_png(depth: int, colour_type: int, channels: int, extra: bytes = b"") -> bytes:
+    raw = b"".join(b"\0" + b"\x7f" * ((8 * depth * channels + 7) // 8) for _ in range(8))
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, depth, colour_type, 0, 0, 0))
+            + extra + _chunk(b"IDAT", zlib.compress(raw)) + _chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("data", [
+    _odd_png(16, 0, 1), _odd_png(1, 0, 1), _odd_png(16, 6, 4), _odd_png(8, 4, 2),
+    _odd_png(8, 0, 1, _chunk(b"eXIf", b"MM\x00\x2a\x00\x00\x00\x08\xff\xff" + b"\x01" * 30)),
+    _odd_png(8, 0, 1, _chunk(b"eXIf", b"II\x2a\x00\x08\x00\x00\x00\x01\x00\x69\x87\x04\x00\x01\x00\x00\x00"
+                                     b"\x08\x00\x00\x00\x00\x00\x00\x00")),
+], ids=["grey16", "bilevel", "rgba16", "grey_alpha", "exif_garbage", "exif_self_loop"])
+def test_odd_but_valid_images_are_rightly_accepted(tmp_path, data):
+    path = write(tmp_path / "odd.png", data)
+    assert preprocess_images([path], 4).shape == (1, 3, 4, 4)
+
+
 def test_pil_image_over_the_limit_is_refused():
     from PIL import Image
 
@@ -383,10 +400,10 @@ def test_gill_zero_new_tokens_is_fine(gill):
 
 
 @pytest.mark.parametrize("flags,pattern", [
-    (["--temperature", "-1"], r"temperature must be >= 0"),
-    (["--temperature", "nan"], r"temperature must be a finite number"),
-    (["--top-p", "0"], r"top_p must be in \(0, 1\]"),
-    (["--max-new-tokens", "-5"], r"max_new_tokens must be a whole number"),
+    (["--temperature", "-1"], r"temperature(: -1.0 is outside| must be >= 0)"),
+    (["--temperature", "nan"], r"temperature(: nan is outside| must be a finite number)"),
+    (["--top-p", "0"], r"top.p(: 0.0 is outside| must be in \(0, 1\])"),
+    (["--max-new-tokens", "-5"], r"max.new.tokens(: -5 is outside| must be a whole number)"),
     (["--max-new-tokens", "100000"], r"has 2048 positions"),
 ])
 def test_cli_generate_text_bad_settings(gill_fixture, tmp_path, flags, pattern):
