@@ -190,8 +190,8 @@ def _best_load(runs: list[dict]) -> dict:
             "peak_rss_over_weight_bytes": max(run["peak_rss_over_weight_bytes"] for run in runs)}
 
 
-def gill_generation_bench(width: int, layers: int, new_tokens: int = 32, repeats: int = 2) -> dict:
-    """Greedy generation with and without the KV cache on a random OPT of the given width/depth."""
+def _gill_generation_timings(width: int, layers: int, new_tokens: int, repeats: int) -> tuple[dict, dict]:
+    """The report of :func:`gill_generation_bench` and the unrounded best-of-``repeats`` seconds per mode."""
     import torch
 
     from .gill import load_gill
@@ -214,42 +214,90 @@ def gill_generation_bench(width: int, layers: int, new_tokens: int = 32, repeats
         kwargs = dict(max_new_tokens=new_tokens, min_word_tokens=new_tokens, stop_at_newline=False, use_cache=use_cache)
         gill.generate(prompt, image, **{**kwargs, "max_new_tokens": 2})
         best = float("inf")
-        for _ in range(repeats):
+        for _ in range(max(1, repeats)):
             start = time.perf_counter()
             ids = gill.generate(prompt, image, **kwargs).ids
             best = min(best, time.perf_counter() - start)
         timings["cache" if use_cache else "recompute"] = (best, ids)
     assert torch.equal(timings["cache"][1], timings["recompute"][1]), "cache and recomputation disagree"
-    return {
+    cache, recompute = timings["cache"][0], timings["recompute"][0]
+    report = {
         "llm": f"random OPT, width {width}, {layers} layers (OPT-6.7B has 32), fp32, vocab 50274",
         "context_tokens": context_tokens,
         "new_tokens": new_tokens,
-        "seconds_with_cache": round(timings["cache"][0], 3),
-        "seconds_recompute": round(timings["recompute"][0], 3),
-        "tokens_per_second_with_cache": round(new_tokens / timings["cache"][0], 2),
-        "tokens_per_second_recompute": round(new_tokens / timings["recompute"][0], 2),
-        "speedup": round(timings["recompute"][0] / timings["cache"][0], 2),
+        "repeats": max(1, repeats),
+        "seconds_with_cache": round(cache, 4),
+        "seconds_recompute": round(recompute, 4),
+        "tokens_per_second_with_cache": round(new_tokens / cache, 2),
+        "tokens_per_second_recompute": round(new_tokens / recompute, 2),
+        "speedup": round(recompute / cache, 2),
         "same_ids": True,
     }
+    return report, {"with_cache": cache, "recompute": recompute}
 
 
-def gill_per_layer_bench(width: int, depths: tuple[int, int], new_tokens: int = 32) -> dict:
+def gill_generation_bench(width: int, layers: int, new_tokens: int = 32, repeats: int = 2) -> dict:
+    """Greedy generation with and without the KV cache on a random OPT of the given width/depth
+    (best of ``repeats`` timed runs per mode, after a warm-up)."""
+    return _gill_generation_timings(width, layers, new_tokens, repeats)[0]
+
+
+def extrapolate_layers(shallow_seconds: float, deep_seconds: float, depths: tuple[int, int], target: int = 32) -> dict:
+    """Linear extrapolation ``seconds = fixed + layers * per_layer`` from two depths.
+
+    Timings on a loaded machine can contradict the model (the deeper run no slower than the
+    shallow one, or so much slower that the fixed part comes out negative). Then the figures
+    are marked ``consistent: False`` and no 32-layer estimate is made; the per-layer and fixed
+    costs are still reported, clamped to what is physically possible (never negative)."""
+    shallow_layers, deep_layers = depths
+    if not 0 < shallow_layers < deep_layers:
+        raise ValueError(f"depths must be increasing and positive, got {depths}")
+    per_layer = (deep_seconds - shallow_seconds) / (deep_layers - shallow_layers)
+    fixed = shallow_seconds - shallow_layers * per_layer
+    consistent = shallow_seconds > 0 and per_layer > 0 and fixed >= 0
+    result = {
+        "consistent": consistent,
+        "seconds_per_layer": round(max(per_layer, 0.0), 6),
+        "seconds_fixed": round(min(max(fixed, 0.0), shallow_seconds), 6),
+        f"seconds_{target}_layers": None,
+        f"tokens_per_second_{target}_layers": None,
+    }
+    if consistent:
+        seconds = fixed + target * per_layer  # > 0: fixed >= 0 and per_layer > 0
+        result[f"seconds_{target}_layers"] = round(seconds, 4)
+        result["_seconds"] = seconds
+    else:
+        result["note"] = (f"inconsistent timings ({shallow_layers} layers {shallow_seconds:.4f} s, {deep_layers} layers "
+                          f"{deep_seconds:.4f} s): the machine was probably busy; no estimate made, rerun the bench")
+    return result
+
+
+def gill_per_layer_bench(width: int, depths: tuple[int, int], new_tokens: int = 32, repeats: int = 3) -> dict:
     """OPT-6.7B does not fit this machine in fp32: time two shallow OPTs of the real width and
-    extrapolate linearly to 32 layers (per-layer cost from the difference; the rest is fixed)."""
-    shallow, deep = (gill_generation_bench(width, layers, new_tokens, repeats=1) for layers in depths)
+    extrapolate linearly to 32 layers (per-layer cost from the difference; the rest is fixed).
+
+    Each figure is the best of ``repeats`` runs (the least disturbed by other load). The result
+    is an ESTIMATE; when the two depths' timings contradict the linear model the mode is marked
+    ``consistent: False`` and carries no 32-layer figure, and ``speedup_32_layers`` is ``None``."""
+    (shallow, shallow_raw), (deep, deep_raw) = (_gill_generation_timings(width, layers, new_tokens, repeats)
+                                                for layers in depths)
     extrapolated = {}
     for mode in ("with_cache", "recompute"):
-        a, b = shallow[f"seconds_{mode}"], deep[f"seconds_{mode}"]
-        per_layer = (b - a) / (depths[1] - depths[0])
-        fixed = a - depths[0] * per_layer
-        seconds = fixed + 32 * per_layer
-        extrapolated[mode] = {"seconds_per_layer": round(per_layer, 4), "seconds_fixed": round(fixed, 3),
-                              "seconds_32_layers": round(seconds, 2), "tokens_per_second_32_layers": round(new_tokens / seconds, 3)}
+        figures = extrapolate_layers(shallow_raw[mode], deep_raw[mode], depths)
+        seconds = figures.pop("_seconds", None)
+        if seconds is not None:
+            figures["tokens_per_second_32_layers"] = round(new_tokens / seconds, 3)
+        extrapolated[mode] = (figures, seconds)
+    consistent = all(seconds is not None for _, seconds in extrapolated.values())
+    speedup = round(extrapolated["recompute"][1] / extrapolated["with_cache"][1], 2) if consistent else None
     return {
         "measured": {str(depths[0]): shallow, str(depths[1]): deep},
-        "extrapolated_to_32_layers": extrapolated,
-        "speedup_32_layers": round(extrapolated["recompute"]["seconds_32_layers"] / extrapolated["with_cache"]["seconds_32_layers"], 2),
-        "label": f"EXTRAPOLATED from {depths[0]} and {depths[1]} layers of width {width}, fp32, CPU; not a measurement of OPT-6.7B",
+        "extrapolated_to_32_layers": {mode: figures for mode, (figures, _) in extrapolated.items()},
+        "consistent": consistent,
+        "speedup_32_layers": speedup,
+        "label": (f"EXTRAPOLATED (an estimate) from {depths[0]} and {depths[1]} layers of width {width}, fp32, CPU, "
+                  f"best of {repeats} runs each; not a measurement of OPT-6.7B"
+                  + ("" if consistent else "; the timings were INCONSISTENT, so no 32-layer estimate is given")),
     }
 
 
@@ -316,7 +364,8 @@ def run_bench(args) -> dict:
         for run in runs:  # each against the matmul rate measured in its own process, right after its encodes
             for encode in (run["encode"] or {}).values():
                 encode["flops_over_matmul_fp32"] = round(encode["flops_per_second"] / run["matmul_fp32_2048_flops_per_second"], 3)
-        gill = gill_per_layer_bench(*((4096, (2, 4)) if args.size == "real" else (128, (1, 2)))) if args.gill else None
+        gill = (gill_per_layer_bench(4096, (2, 4), repeats=1) if args.size == "real"
+                else gill_per_layer_bench(128, (1, 2), repeats=3)) if args.gill else None
         return {
             "gill_generation": gill,
             "size": args.size,
