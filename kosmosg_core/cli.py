@@ -100,8 +100,10 @@ def _gill_index(args: argparse.Namespace) -> int:
             bar.total = total
             bar.update(done - bar.n)
 
-        index = build_index(gill, args.source, progress=progress)
-        bar.close()
+        try:
+            index = build_index(gill, args.source, progress=progress)
+        finally:
+            bar.close()  # ends the bar's line, so an error is a line of its own
     atomic_write_with(args.out, index.save)
     print(json.dumps({"out": args.out, "images": len(index.paths), "dim": int(index.embeddings.shape[1])}))
     return 0

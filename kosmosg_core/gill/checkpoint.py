@@ -149,8 +149,56 @@ def read_decision_model(directory: str, llm_dim: int) -> tuple[DecisionModel | N
     )
 
 
+# transformers' defaults, which saved configs may omit
+OPT_DEFAULTS = {"vocab_size": 50272, "hidden_size": 768, "num_hidden_layers": 12, "ffn_dim": 3072,
+                "max_position_embeddings": 2048, "num_attention_heads": 12}
+CLIP_VISION_DEFAULTS = {"hidden_size": 768, "num_hidden_layers": 12, "intermediate_size": 3072, "image_size": 224,
+                        "patch_size": 32, "num_attention_heads": 12}
+
+
+def _sizes(config: dict, defaults: dict[str, int], path: str) -> dict[str, int]:
+    """The config's size fields as positive whole numbers (a hostile config may hold anything)."""
+    sizes = {}
+    for name, default in defaults.items():
+        value = config.get(name, default)
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 1 << 40:
+            raise CheckpointError(f"{path}: {name} is {str(value)[:40]!r}, not a positive whole number; the "
+                                  "config.json is damaged or not the model's own. Download the folder again.")
+        sizes[name] = value
+    return sizes
+
+
+def _weight_bytes(directory: str) -> int:
+    """Bytes in the folder's weight files (any format): every parameter takes at least one of them."""
+    total = 0
+    for entry in os.scandir(directory):
+        if entry.name.endswith((".safetensors", ".bin", ".pt", ".pth")) and entry.is_file():
+            total += entry.stat().st_size
+    return total
+
+
+def _check_declared_size(directory: str, config_path: str, parameters: int) -> None:
+    """A config that declares more parameters than the weight files can hold would make transformers
+    allocate them all (randomly initialised) before anything else fails: refuse it first."""
+    stored = _weight_bytes(directory)
+    if parameters > stored + (16 << 20):
+        raise CheckpointError(
+            f"{config_path} declares a model of {parameters:,} parameters, but the weight files in {directory} "
+            f"hold only {stored:,} bytes: the config does not belong to these weights. Download the folder again."
+        )
+
+
 def check_llm_folder(directory: str, llm_dim: int) -> dict:
     config = _hf_config(directory, "LLM", "an OPT model folder such as facebook/opt-6.7b")
+    path = os.path.join(directory, "config.json")
+    sizes = _sizes(config, OPT_DEFAULTS, path)
+    embed = config.get("word_embed_proj_dim") or sizes["hidden_size"]
+    if not isinstance(embed, int) or embed <= 0 or sizes["hidden_size"] % sizes["num_attention_heads"]:
+        raise CheckpointError(f"{path}: word_embed_proj_dim / num_attention_heads do not fit hidden_size; the "
+                              "config.json is damaged. Download the folder again.")
+    width, layers, ffn = sizes["hidden_size"], sizes["num_hidden_layers"], sizes["ffn_dim"]
+    _check_declared_size(directory, path, sizes["vocab_size"] * embed + sizes["max_position_embeddings"] * width
+                         + layers * (4 * width * width + 2 * width * ffn))
     if config.get("model_type") != "opt":
         raise CheckpointError(
             f"{directory} holds a {config.get('model_type')!r} model; GILL needs OPT (facebook/opt-6.7b layout)."
@@ -169,6 +217,16 @@ def check_vision_folder(directory: str, vision_dim: int) -> dict:
     vision = config.get("vision_config", config) if config.get("model_type") == "clip" else config
     if config.get("model_type") not in ("clip", "clip_vision_model"):
         raise CheckpointError(f"{directory} holds a {config.get('model_type')!r} model; GILL needs a CLIP vision model.")
+    path = os.path.join(directory, "config.json")
+    if not isinstance(vision, dict):
+        raise CheckpointError(f"{path}: vision_config is not an object; download the folder again.")
+    sizes = _sizes(vision, CLIP_VISION_DEFAULTS, path)
+    width, patches = sizes["hidden_size"], (sizes["image_size"] // sizes["patch_size"]) ** 2 + 1
+    if sizes["patch_size"] > sizes["image_size"] or width % sizes["num_attention_heads"]:
+        raise CheckpointError(f"{path}: patch_size / num_attention_heads do not fit the image and width; the "
+                              "config.json is damaged. Download the folder again.")
+    _check_declared_size(directory, path, patches * width + 3 * sizes["patch_size"] ** 2 * width
+                         + sizes["num_hidden_layers"] * (4 * width * width + 2 * width * sizes["intermediate_size"]))
     if vision.get("hidden_size") != vision_dim:
         raise CheckpointError(
             f"the CLIP in {directory} is {vision.get('hidden_size')} wide but the GILL checkpoint expects "
