@@ -26,6 +26,7 @@ decompression-bomb warning and error become one :class:`ImageError`.
 from __future__ import annotations
 
 import os
+from typing import IO
 import warnings
 from struct import error as struct_error
 
@@ -65,26 +66,33 @@ def decode_image_file(path: str | os.PathLike) -> Image.Image:
     Only regular files (a FIFO would block forever); the size in the header is checked before
     the pixels are decoded."""
     path = regular_file(path, "image file", ImageError, max_bytes=MAX_IMAGE_BYTES)
+    return decode_image(path, f"image {path}")
+
+
+def decode_image(source: str | IO[bytes], where: str) -> Image.Image:
+    """Decode a path or an open binary stream (e.g. a tar member) under :data:`MAX_IMAGE_PIXELS`,
+    checked from the header before any pixel is decoded; every failure is one :class:`ImageError`
+    that starts with ``where``."""
     try:
         with warnings.catch_warnings():  # our own limit is checked from the header below
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                check_pixel_count(image.width, image.height, f"image {path}")
+            with Image.open(source) as image:
+                check_pixel_count(image.width, image.height, where)
                 image.load()
-                check_pixel_count(image.width, image.height, f"image {path}")  # some formats pick a size on load
+                check_pixel_count(image.width, image.height, where)  # some formats pick a size on load
                 return image.copy()  # closing the file invalidates the decoded image in Pillow
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"image {path} is refused as a decompression bomb ({exc}): it declares more pixels "
+        raise ImageError(f"{where} is refused as a decompression bomb ({exc}): it declares more pixels "
                          f"than the {MAX_IMAGE_PIXELS:,} this pipeline decodes.") from None
     except FileNotFoundError:
-        raise ImageError(f"image file not found: {path}") from None
+        raise ImageError(f"{where}: file not found") from None
     except MemoryError:
-        raise ImageError(f"image {path} needs more memory to decode than is available.") from None
+        raise ImageError(f"{where} needs more memory to decode than is available.") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError,
             KeyError, ZeroDivisionError, OverflowError, struct_error) as exc:
-        raise ImageError(f"{path} is not a readable image file ({' '.join(str(exc).split())[:300]}).") from None
+        raise ImageError(f"{where} is not a readable image file ({' '.join(str(exc).split())[:300]}).") from None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

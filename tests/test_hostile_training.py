@@ -13,7 +13,6 @@ import io
 import json
 import os
 import struct
-import sys
 import tarfile
 import zlib
 from pathlib import Path

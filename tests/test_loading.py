@@ -3,7 +3,6 @@ resident copy of the file left behind where one is."""
 
 from __future__ import annotations
 
-import mmap
 import sys
 from pathlib import Path
 

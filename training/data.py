@@ -33,7 +33,8 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from kosmosg_core.errors import ImageError, InputFileError, LimitError, OutputPathError
+from kosmosg_core.errors import InputFileError, OutputPathError
+from kosmosg_core.image_processing import MAX_IMAGE_PIXELS
 from kosmosg_core.safe_files import refuse_input_as_output, regular_file
 
 KINDS = ("caption", "edit", "composition", "interleaved")
@@ -41,17 +42,6 @@ MAX_JSON_BYTES = 16 << 20  # a sample's JSON: captions and entity lists, never m
 MAX_IMAGE_BYTES = 256 << 20  # one encoded image
 MAX_ASPECT = 64  # long side / short side: beyond this, resizing the short side to 512 makes a giant
 SHARD_PREFIX = "shard"
-
-
-def pixel_limit() -> int:
-    """The library's decoded-pixel limit (``kosmosg_core.image_processing``), else Pillow's."""
-    from kosmosg_core import image_processing
-
-    for name in ("MAX_IMAGE_PIXELS", "MAX_PIXELS"):
-        value = getattr(image_processing, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return Image.MAX_IMAGE_PIXELS or 89_478_485
 
 
 @dataclass
@@ -296,7 +286,7 @@ class ShardDataset:
         self.paths = shard_paths(paths)
         self.entries: list[tuple[str, str, dict[str, tarfile.TarInfo], dict]] = []
         self._open: dict[str, tarfile.TarFile] = {}
-        self.limit = pixel_limit()
+        self.limit = MAX_IMAGE_PIXELS
         total_skipped: Counter = Counter()
         for path in self.paths:
             members_skipped, samples_skipped = Counter(), Counter()
@@ -423,34 +413,8 @@ class ShardDataset:
 
 
 def decode_image(data: bytes, where: str) -> Image.Image:
-    """Encoded image bytes from a shard -> RGB by the library's image rules (the pixel limit checked
-    from the header before decoding, EXIF applied, ``to_rgb``), errors naming the shard member.
+    """Encoded image bytes from a shard -> RGB by the library's image rules (pixel limit from the
+    header, bombs, EXIF applied, ``to_rgb``), errors naming the shard member."""
+    from kosmosg_core.image_processing import decode_image as decode, to_rgb
 
-    ``load_image_file`` takes a path only (it checks the file is regular), so this is its in-memory
-    twin for bytes read from a tar."""
-    import warnings
-
-    from kosmosg_core.image_processing import to_rgb
-
-    limit = pixel_limit()
-
-    def check(image: Image.Image) -> None:
-        if image.width * image.height > limit:
-            raise LimitError(f"{where} is {image.width}x{image.height} pixels, more than the limit of {limit:,}.")
-
-    try:
-        with warnings.catch_warnings():  # the limit is checked from the header below
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                check(image)
-                image.load()
-                check(image)
-                return to_rgb(image)
-    except (ImageError, LimitError) as exc:
-        raise type(exc)(f"{where}: {exc}" if where not in str(exc) else str(exc)) from None
-    except Image.DecompressionBombError:
-        raise LimitError(f"{where} declares more pixels than the limit of {limit:,}.") from None
-    except MemoryError:
-        raise LimitError(f"{where} needs more memory to decode than is available.") from None
-    except Exception as exc:  # noqa: BLE001 - whatever Pillow raises for broken data: not an image
-        raise ImageError(f"{where} is not a readable image ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}).") from None
+    return to_rgb(decode(io.BytesIO(data), where))

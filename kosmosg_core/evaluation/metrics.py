@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import ImageError, KosmosGError
+from ..errors import KosmosGError
 from ..image_processing import center_crop, decode_image_file, resize_bicubic
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
