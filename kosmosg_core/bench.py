@@ -305,8 +305,11 @@ def run_bench(args) -> dict:
     from .convert import convert
     from .synthetic import dict_lines_for, official_size, tiny_size, write_official_checkpoint, write_tiny_tokenizer
 
-    workdir = args.workdir or tempfile.mkdtemp(prefix="kosmosg-bench-")
-    os.makedirs(workdir, exist_ok=True)
+    # always a fresh folder of our own (inside --workdir when given): the bench writes files named
+    # like the user's (checkpoint_final.pt, .kosmosg-cache/) and must never replace or delete theirs
+    if args.workdir:
+        os.makedirs(args.workdir, exist_ok=True)
+    workdir = tempfile.mkdtemp(prefix="kosmosg-bench-", dir=args.workdir)
     free = shutil.disk_usage(workdir).free
     if free < NEEDED_DISK_BYTES[args.size]:
         raise SystemExit(
@@ -376,7 +379,7 @@ def run_bench(args) -> dict:
             "runs": runs,
         }
     finally:
-        if not args.keep and not args.workdir:
+        if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -31,8 +31,15 @@ def test_bench_tiny_reports_every_figure(tmp_path):
     """Structure and signs that hold by construction, never timing luck: durations are >= 0 (a
     rounded duration may be 0), counts and sizes > 0, and the GILL extrapolation either is
     consistent (then positive) or says so and gives no estimate."""
+    users = tmp_path / "checkpoint_final.pt"  # a folder of the user's: the bench works beside, never over
+    users.write_bytes(b"the user's own checkpoint")
+    (tmp_path / ".kosmosg-cache").mkdir()
+    (tmp_path / ".kosmosg-cache" / "keep.safetensors").write_bytes(b"cached")
     done = run_cli("bench", "--size", "tiny", "--dtypes", "fp32", "--workdir", str(tmp_path), "--gill", "--int8")
     assert done.returncode == 0, done.stderr
+    assert users.read_bytes() == b"the user's own checkpoint"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".kosmosg-cache", "checkpoint_final.pt"]
+    assert [p.name for p in (tmp_path / ".kosmosg-cache").iterdir()] == ["keep.safetensors"]
     report = json.loads(done.stdout)
     assert all(run["matmul_fp32_2048_flops_per_second"] > 0 for run in report["runs"])
     gill = report["gill_generation"]
