@@ -9,6 +9,8 @@ import argparse
 def device(text: str) -> str:
     """argparse type: a torch device this machine has (``cuda`` without a GPU is refused here, not deep
     inside a load)."""
+    if text == "cpu":  # the default: no need to load torch just to parse the arguments
+        return text
     import torch
 
     try:
