@@ -25,33 +25,25 @@ def device(text: str) -> str:
     return text
 
 
-def int_range(low: int, high: int):
-    """argparse type: a whole number in ``[low, high]`` (a huge value would allocate without end)."""
-
-    def parse(text: str) -> int:
+def _bounded(convert, what: str, low, high):
+    def parse(text: str):
         try:
-            value = int(text)
+            value = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{value} is outside {low}..{high}")
-        return value
-
-    parse.__name__ = "int"
-    return parse
-
-
-def finite_float(low: float, high: float):
-    """argparse type: a float in ``[low, high]`` (NaN and infinities refused)."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
         if not low <= value <= high:  # also false for NaN
             raise argparse.ArgumentTypeError(f"{value} is outside {low}..{high}")
         return value
 
-    parse.__name__ = "float"
+    parse.__name__ = convert.__name__  # argparse names the type in its messages
     return parse
+
+
+def int_range(low: int, high: int):
+    """argparse type: a whole number in ``[low, high]`` (a huge value would allocate without end)."""
+    return _bounded(int, "a whole number", low, high)
+
+
+def finite_float(low: float, high: float):
+    """argparse type: a float in ``[low, high]`` (NaN and infinities refused)."""
+    return _bounded(float, "a number", low, high)
