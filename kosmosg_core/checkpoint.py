@@ -239,9 +239,13 @@ def _state_dict_from_pickle(obj, path: str) -> Mapping[str, torch.Tensor]:
 
 def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Open an official ``.pt`` or a ``.safetensors`` file without reading its weights yet."""
-    path = regular_file(path, "checkpoint file", CheckpointError, hint=(
-        "Kosmos-G needs checkpoint_final.pt from the official release (see README, Models), with "
-        "sentencepiece.bpe.model and dict.txt beside it."))
+    path = os.fspath(path)
+    if not os.path.exists(path):  # the README's troubleshooting table quotes this message
+        raise CheckpointError(
+            f"checkpoint file not found: {path}. Kosmos-G needs checkpoint_final.pt from the official release "
+            "(see README, Models), with sentencepiece.bpe.model and dict.txt beside it."
+        )
+    path = regular_file(path, "checkpoint file", CheckpointError)
     with open(path, "rb") as handle:
         head = handle.read(16)
     if _looks_like_safetensors(path, head):
