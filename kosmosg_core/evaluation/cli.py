@@ -31,7 +31,7 @@ def add_eval_parser(sub) -> None:
     common.add_argument("--score-only", action="store_true", help="score the images already in --out")
     common.add_argument("--scorer-device", type=device, help="device for the metric models (default: --device)")
     kinds = {"scheduler": str, "steps": int_range(1, 10_000), "guidance": finite_float(0.0, 100.0),
-             "per-prompt": int_range(1, 1000), "seed": int_range(0, 2**63 - 1), "size": int_range(64, 4096)}
+             "per-prompt": int_range(1, 1000), "seed": int_range(0, 2**63 - 1), "size": int_range(8, 4096)}
     for flag, kind in kinds.items():
         common.add_argument(f"--{flag}", type=kind, help="override the official setting (the run is then labelled)")
     ev = sub.add_parser("eval", help="reproduce the papers' benchmarks (results.json + results.md)")
