@@ -64,7 +64,7 @@ lowest_tier() {
 # ../shared/hosts/comfyui-0.33.0 (PyPI serves no current ComfyUI), checked against its published sha256 and
 # unpacked into $dir/comfyui-0.33.0, with its own venv as that folder's README says: torch first, then its
 # requirements without the torch lines under a torch pin (else kornia/spandrel pull a CUDA torch), the same
-# torchvision guard as .venv, this pack's requirements and pytest; torchaudio without its native libraries.
+# torchvision guard as .venv, this pack's requirements, pytest and torchao (the int8 option); torchaudio without its native libraries.
 # Rebuilt when the tarball, torch or the requirements change. Where ../shared is absent it is skipped with a
 # reason (its tests skip and say why); under CI=true that is an error.
 COMFY033_TORCHAUDIO=2.11.1
@@ -78,7 +78,7 @@ comfy033_tier() {
         if [ "${CI:-}" = "true" ]; then exit 1; fi
         return 0
     fi
-    pytest_pin=$(grep -E '^pytest==' requirements-test.txt)
+    pytest_pin=$(grep -E '^(pytest|torchao)==' requirements-test.txt | tr '\n' ' ')
     want="$COMFY033_SHA256 torch==$TORCH_VERSION torchaudio==$COMFY033_TORCHAUDIO $(cat scripts/torch*_cpu_guard.py | sha256sum | cut -c1-16) $TORCH_INDEX_URL $pytest_pin $(cat requirements.txt | sha256sum | cut -c1-16)"
     [ -x "$dir/venv/bin/python" ] && [ "$(cat "$dir/.kosmosg-comfy033" 2>/dev/null)" = "$want" ] && return 0
     if [ "$(sha256sum "$tarball" | cut -d' ' -f1)" != "$COMFY033_SHA256" ]; then
@@ -95,7 +95,7 @@ comfy033_tier() {
     grep -v -E '^[[:space:]]*(torch|torchvision|torchaudio)[[:space:]]*$' "$dir/comfyui-0.33.0/requirements.txt" > "$dir/host-requirements.txt"
     echo "torch==$TORCH_VERSION" > "$dir/torch-constraint.txt"
     "$py" -m pip install -q --disable-pip-version-check -c "$dir/torch-constraint.txt" \
-        -r "$dir/host-requirements.txt" -r requirements.txt "$pytest_pin" "torchvision"
+        -r "$dir/host-requirements.txt" -r requirements.txt $pytest_pin torchvision
     if ! "$py" -c "import torchvision" 2>/dev/null; then  # CUDA-linked wheel on CPU torch, as in .venv
         site=$("$py" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
         cp scripts/torchvision_cpu_guard.py "$site/_kosmosg_torchvision_guard.py"

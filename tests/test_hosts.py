@@ -42,7 +42,7 @@ def test_comfy_tests_pass_on_the_second_host(test_file):
     python = tier_python()
     env = {**os.environ, "COMFYUI_PATH": str(TIER / f"comfyui-{VERSION}"), "KOSMOSG_EXPECT_COMFYUI": VERSION}
     env.pop("PYTHONPATH", None)
-    done = subprocess.run([str(python), "-m", "pytest", f"tests/{test_file}", "-q", "-p", "no:cacheprovider", "-rs"],
+    done = subprocess.run([str(python), "-m", "pytest", f"tests/{test_file}", "-p", "no:cacheprovider", "-rs"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     output = done.stdout[-6000:] + done.stderr[-2000:]
     assert done.returncode == 0, output

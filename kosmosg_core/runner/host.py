@@ -184,7 +184,8 @@ class ComfyHost:
 
     def node_output(self, node_id: str, slot: int = 0):
         """A node's output from the executor's cache (valid for nodes of the last prompt)."""
-        entry = self.executor.caches.outputs.get(str(node_id))
+        # _run: ComfyUI 0.33.0's cache ``get`` is a coroutine; 0.3.75's returns the entry
+        entry = _run(self.executor.caches.outputs.get(str(node_id)))
         if entry is None:
             raise KeyError(f"node {node_id} has no cached output")
         outputs = entry.outputs if hasattr(entry, "outputs") else entry
