@@ -74,8 +74,11 @@ comfy033_tier() {
     local tarball=${KOSMOSG_COMFY033_TARBALL:-../shared/hosts/comfyui-0.33.0/comfyui-0.33.0.tar.gz}
     local want py site pytest_pin start=$SECONDS
     if [ ! -f "$tarball" ]; then
+        if [ "${CI:-}" = "true" ]; then
+            echo "error: $tarball not found: CI runs the ComfyUI 0.33.0 tier, with ../shared beside the checkout" >&2
+            exit 1
+        fi
         echo "ComfyUI 0.33.0 tier skipped: $tarball not found (it comes from ../shared beside the checkout)" >&2
-        if [ "${CI:-}" = "true" ]; then exit 1; fi
         return 0
     fi
     pytest_pin=$(grep -E '^(pytest|torchao)==' requirements-test.txt | tr '\n' ' ')
