@@ -64,7 +64,8 @@ lowest_tier() {
 # ../shared/hosts/comfyui-0.33.0 (PyPI serves no current ComfyUI), checked against its published sha256 and
 # unpacked into $dir/comfyui-0.33.0, with its own venv as that folder's README says: torch first, then its
 # requirements without the torch lines under a torch pin (else kornia/spandrel pull a CUDA torch), the same
-# torchvision guard as .venv, this pack's requirements, pytest and torchao (the int8 option); torchaudio without its native libraries.
+# torchvision guard as .venv, this pack's requirements, pytest, torchao (the int8 option) and playwright (the
+# browser test, against this host's frontend 1.49.6); torchaudio without its native libraries.
 # Rebuilt when the tarball, torch or the requirements change. Where ../shared is absent it is skipped with a
 # reason (its tests skip and say why); under CI=true that is an error.
 COMFY033_TORCHAUDIO=2.11.1
@@ -81,7 +82,7 @@ comfy033_tier() {
         echo "ComfyUI 0.33.0 tier skipped: $tarball not found (it comes from ../shared beside the checkout)" >&2
         return 0
     fi
-    pytest_pin=$(grep -E '^(pytest|torchao)==' requirements-test.txt | tr '\n' ' ')
+    pytest_pin=$(grep -E '^(pytest|torchao|playwright)==' requirements-test.txt | tr '\n' ' ')
     want="$COMFY033_SHA256 torch==$TORCH_VERSION torchaudio==$COMFY033_TORCHAUDIO $(cat scripts/torch*_cpu_guard.py | sha256sum | cut -c1-16) $TORCH_INDEX_URL $pytest_pin $(cat requirements.txt | sha256sum | cut -c1-16)"
     [ -x "$dir/venv/bin/python" ] && [ "$(cat "$dir/.kosmosg-comfy033" 2>/dev/null)" = "$want" ] && return 0
     if [ "$(sha256sum "$tarball" | cut -d' ' -f1)" != "$COMFY033_SHA256" ]; then

@@ -22,7 +22,7 @@ from conftest import REPO
 VERSION = "0.33.0"
 TIER = Path(os.environ.get("KOSMOSG_COMFY033_DIR", REPO / ".hosts" / f"comfyui-{VERSION}"))
 COMFY_TESTS = ["test_runner.py", "test_comfy_workflows.py", "test_comfy_nodes.py", "test_comfy_gill.py",
-               "test_server_load.py"]
+               "test_server_load.py", "test_browser.py"]
 
 
 def tier_python() -> Path:
