@@ -60,9 +60,69 @@ lowest_tier() {
     echo "warning: no lowest-transformers tier; its test skips (it fails under CI=true)" >&2
 }
 
+# The ComfyUI 0.33.0 tier (tests/test_hosts.py re-runs the ComfyUI-facing tests in it): the source tree from
+# ../shared/hosts/comfyui-0.33.0 (PyPI serves no current ComfyUI), checked against its published sha256 and
+# unpacked into $dir/comfyui-0.33.0, with its own venv as that folder's README says: torch first, then its
+# requirements without the torch lines under a torch pin (else kornia/spandrel pull a CUDA torch), the same
+# torchvision guard as .venv, this pack's requirements, pytest, torchao (the int8 option) and playwright (the
+# browser test, against this host's frontend 1.49.6); torchaudio without its native libraries.
+# Rebuilt when the tarball, torch or the requirements change. Where ../shared is absent it is skipped with a
+# reason (its tests skip and say why); under CI=true that is an error.
+COMFY033_TORCHAUDIO=2.11.1
+COMFY033_SHA256=debd3f5fa24dd5111f16c149b6b23184293d91e34832683008778e04a96bada7
+comfy033_tier() {
+    local dir=${KOSMOSG_COMFY033_DIR:-.hosts/comfyui-0.33.0}
+    local tarball=${KOSMOSG_COMFY033_TARBALL:-../shared/hosts/comfyui-0.33.0/comfyui-0.33.0.tar.gz}
+    local want py site pytest_pin start=$SECONDS
+    if [ ! -f "$tarball" ]; then
+        if [ "${CI:-}" = "true" ]; then
+            echo "error: $tarball not found: CI runs the ComfyUI 0.33.0 tier, with ../shared beside the checkout" >&2
+            exit 1
+        fi
+        echo "ComfyUI 0.33.0 tier skipped: $tarball not found (it comes from ../shared beside the checkout)" >&2
+        return 0
+    fi
+    pytest_pin=$(grep -E '^(pytest|torchao|playwright)==' requirements-test.txt | tr '\n' ' ')
+    want="$COMFY033_SHA256 torch==$TORCH_VERSION torchaudio==$COMFY033_TORCHAUDIO $(cat scripts/torch*_cpu_guard.py | sha256sum | cut -c1-16) $TORCH_INDEX_URL $pytest_pin $(cat requirements.txt | sha256sum | cut -c1-16)"
+    [ -x "$dir/venv/bin/python" ] && [ "$(cat "$dir/.kosmosg-comfy033" 2>/dev/null)" = "$want" ] && return 0
+    if [ "$(sha256sum "$tarball" | cut -d' ' -f1)" != "$COMFY033_SHA256" ]; then
+        echo "error: $tarball is not the ComfyUI 0.33.0 tree (sha256 differs from $COMFY033_SHA256)" >&2
+        exit 1
+    fi
+    echo "setting up $dir (ComfyUI 0.33.0, its own venv, torch $TORCH_VERSION) ..." >&2
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    tar -xzf "$tarball" -C "$dir"
+    "$PYTHON" -m venv "$dir/venv"
+    py="$dir/venv/bin/python"
+    "$py" -m pip install -q --disable-pip-version-check --retries 2 "torch==$TORCH_VERSION" --index-url "$TORCH_INDEX_URL"
+    grep -v -E '^[[:space:]]*(torch|torchvision|torchaudio)[[:space:]]*$' "$dir/comfyui-0.33.0/requirements.txt" > "$dir/host-requirements.txt"
+    echo "torch==$TORCH_VERSION" > "$dir/torch-constraint.txt"
+    "$py" -m pip install -q --disable-pip-version-check -c "$dir/torch-constraint.txt" \
+        -r "$dir/host-requirements.txt" -r requirements.txt $pytest_pin torchvision
+    if ! "$py" -c "import torchvision" 2>/dev/null; then  # CUDA-linked wheel on CPU torch, as in .venv
+        site=$("$py" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+        cp scripts/torchvision_cpu_guard.py "$site/_kosmosg_torchvision_guard.py"
+        echo "import _kosmosg_torchvision_guard" > "$site/_kosmosg_torchvision_guard.pth"
+        "$py" -c "import torchvision"
+    fi
+    # ComfyUI 0.33.0 imports torchaudio at start-up; the newest served (2.11.1) is built for torch 2.11 + CUDA:
+    # --no-deps keeps torch, and the guard tells it its native libraries are absent so the Python parts import
+    "$py" -m pip install -q --disable-pip-version-check --no-deps "torchaudio==$COMFY033_TORCHAUDIO"
+    if ! "$py" -c "import torchaudio" 2>/dev/null; then
+        site=$("$py" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+        cp scripts/torchaudio_cpu_guard.py "$site/_kosmosg_torchaudio_guard.py"
+        echo "import _kosmosg_torchaudio_guard" > "$site/_kosmosg_torchaudio_guard.pth"
+        "$py" -c "import torchaudio"
+    fi
+    echo "$want" > "$dir/.kosmosg-comfy033"
+    echo "ComfyUI 0.33.0 tier ready in $((SECONDS - start)) s" >&2
+}
+
 if [ "${1:-}" = "test" ]; then
     shift
     lowest_tier
+    comfy033_tier
     exec "$VENV/bin/python" -m pytest tests "$@"
 fi
 exec "$VENV/bin/python" -m kosmosg_core "$@"

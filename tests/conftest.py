@@ -19,6 +19,17 @@ os.environ.setdefault("KOSMOSG_NO_CONVERT_CACHE", "1")
 SHARED = Path(os.environ.get("KOSMOSG_SHARED", REPO.parent / "shared"))
 
 
+def pytest_report_header(config):
+    """Which ComfyUI the ComfyUI-facing tests run on (the second host runs in tests/test_hosts.py)."""
+    from kosmosg_core.runner.host import ComfyNotFound, comfy_version, find_comfyui
+
+    try:
+        root = find_comfyui()
+    except ComfyNotFound:
+        return "ComfyUI host: none found"
+    return f"ComfyUI host: {comfy_version(root)} at {root}"
+
+
 def require_shared(*parts: str) -> Path:
     path = SHARED.joinpath(*parts)
     if not path.exists():
@@ -89,6 +100,8 @@ def comfy(tmp_path_factory):
 
     base = tmp_path_factory.mktemp("comfy_base")
     host = ComfyHost(find_comfyui(), str(base), cpu=True)
+    expected = os.environ.get("KOSMOSG_EXPECT_COMFYUI")  # set by tests/test_hosts.py for its tier
+    assert not expected or host.version == expected, f"ComfyUI {host.version} at {host.root}, expected {expected}"
     host.tiny_models = write_tiny_models(host.folder_paths.models_dir)
     write_input_images(host.folder_paths.get_input_directory())
     return host

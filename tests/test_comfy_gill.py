@@ -102,3 +102,30 @@ def test_gill_model_is_managed_and_missing_folders_are_named(comfy):
     result = comfy.run(graph)
     assert not result.success and "LLM folder 'opt-66b' is not in the gill model folder" in result.error
     assert os.path.join(comfy.base_dir, "models", "gill") in result.error
+
+
+def test_cancel_during_gill_encode_ends_as_interrupted_and_the_next_prompt_runs(comfy):
+    """Cancel mid-LLM: ComfyUI's interrupt is an Exception in 0.3.75 and a BaseException in 0.33.0;
+    either way it must pass through the node and the runtime untouched and end the prompt as
+    interrupted (not as an error), and the next prompt must run."""
+    import comfy.model_management as mm
+    from transformers.models.opt.modeling_opt import OPTDecoderLayer
+
+    calls = {"layers": 0}
+
+    def press_cancel(module, _args):
+        if isinstance(module, OPTDecoderLayer):
+            calls["layers"] += 1
+            mm.interrupt_current_processing(True)  # as the Cancel button does, mid-LLM
+
+    head = {"enc": node("GILLEncode", gill=["gill", 0], prompt="<i> in the snow", image_1=["img1", 0])}
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(press_cancel)
+    try:
+        result = comfy.run(gill_graph(head, ["enc", 0], seed=21))
+    finally:
+        handle.remove()
+    assert result.interrupted and result.message("execution_error") is None, result.messages
+    assert result.message("execution_interrupted")["node_type"] == "GILLEncode"
+    assert calls["layers"] == 1  # stopped before the next layer
+    after = comfy.run(gill_graph(head, ["enc", 0], seed=22))
+    assert after.success and not after.interrupted, after.error

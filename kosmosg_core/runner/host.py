@@ -13,6 +13,7 @@ import importlib.util
 import inspect
 import logging
 import os
+import re
 import sys
 import uuid
 from dataclasses import dataclass, field
@@ -41,6 +42,16 @@ def find_comfyui(explicit: str | None = None) -> str:
         "no ComfyUI found: set COMFYUI_PATH to a ComfyUI checkout, put this pack in ComfyUI/custom_nodes/, "
         "or install the test host (`bash scripts/run.sh test` sets it up)."
     )
+
+
+def comfy_version(root: str) -> str:
+    """The version ComfyUI says it is (``comfyui_version.py``, in both 0.3.75 and 0.33.0), or "unknown"."""
+    try:
+        with open(os.path.join(root, "comfyui_version.py"), encoding="utf-8") as handle:
+            found = re.search(r"""^__version__\s*=\s*["']([^"']+)["']""", handle.read(), flags=re.M)
+    except OSError:
+        return "unknown"
+    return found.group(1) if found else "unknown"
 
 
 def is_own_comfyui(root: str) -> bool:
@@ -155,8 +166,11 @@ class ComfyHost:
         if not self.pack_nodes:
             raise RuntimeError(f"ComfyUI at {comfy_root} did not load the pack at {PACK_DIR} (see the log above).")
         self.server = _SilentServer()
+        # "ram_inactive": ComfyUI 0.33.0's execute_async reads cache_args["ram_inactive"] unconditionally
+        # (KeyError without it); 0.3.75 ignores the key. With the CLASSIC cache neither value frees anything.
         self.executor = execution.PromptExecutor(self.server, cache_type=execution.CacheType.CLASSIC,
-                                                 cache_args={"lru": 0, "ram": 0})
+                                                 cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
+        self.version = comfy_version(comfy_root)
 
     @property
     def output_dir(self) -> str:
@@ -170,7 +184,8 @@ class ComfyHost:
 
     def node_output(self, node_id: str, slot: int = 0):
         """A node's output from the executor's cache (valid for nodes of the last prompt)."""
-        entry = self.executor.caches.outputs.get(str(node_id))
+        # _run: ComfyUI 0.33.0's cache ``get`` is a coroutine; 0.3.75's returns the entry
+        entry = _run(self.executor.caches.outputs.get(str(node_id)))
         if entry is None:
             raise KeyError(f"node {node_id} has no cached output")
         outputs = entry.outputs if hasattr(entry, "outputs") else entry
