@@ -1,15 +1,15 @@
-"""ComfyUI entry point of ComfyUI-KosmosG.
+"""ComfyUI entry point of ComfyUI-KosmosG: the V3 ``comfy_entrypoint`` (ComfyUI >= 0.3.75 tested).
 
-The node classes need ComfyUI; outside it (pip install, the CLI, training) this file stays
-importable and registers nothing.
+No ``NODE_CLASS_MAPPINGS`` here: ComfyUI loads a module that has one as V1 and never calls its
+``comfy_entrypoint``. The node classes need ComfyUI; outside it (pip install, the CLI, training)
+this file stays importable and registers nothing.
 """
 
 try:
     import folder_paths  # noqa: F401  (present only inside a running ComfyUI)
 except ImportError:
-    NODE_CLASS_MAPPINGS: dict = {}
-    NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+    __all__: list = []
 else:
-    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+    from .nodes import comfy_entrypoint
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+    __all__ = ["comfy_entrypoint"]

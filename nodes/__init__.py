@@ -1,4 +1,4 @@
-"""Node classes, one file per model family; this package is the only code importing ComfyUI.
+"""Node classes (ComfyUI's V3 schema), one file per model family; this package is the only code importing ComfyUI.
 
 The library is imported once per process under its own name, ``kosmosg_core``, whichever way the
 process reached it first (ComfyUI loading this pack, the ``workflow`` runner, tests): the nodes
@@ -12,6 +12,8 @@ import importlib.util
 import logging
 import os
 import sys
+
+from comfy_api.v0_0_2 import ComfyExtension
 
 LIBRARY = "kosmosg_core"
 
@@ -37,7 +39,16 @@ def _library():
 
 _library()
 
-from . import gill, kosmosg  # noqa: E402  (after the library is in place)
+from . import gill, kosmosg  # after the library is in place
 
-NODE_CLASS_MAPPINGS = {**kosmosg.NODE_CLASS_MAPPINGS, **gill.NODE_CLASS_MAPPINGS}
-NODE_DISPLAY_NAME_MAPPINGS = {**kosmosg.NODE_DISPLAY_NAME_MAPPINGS, **gill.NODE_DISPLAY_NAME_MAPPINGS}
+NODES = [*kosmosg.NODES, *gill.NODES]  # the pack's node list: ComfyUI registers each under its schema's node_id
+
+
+class KosmosGExtension(ComfyExtension):
+    async def get_node_list(self):
+        return list(NODES)
+
+
+async def comfy_entrypoint() -> KosmosGExtension:
+    """ComfyUI's V3 entry point (the pack root re-exports it; no NODE_CLASS_MAPPINGS, which would win)."""
+    return KosmosGExtension()

@@ -15,6 +15,7 @@ import comfy.model_patcher
 import comfy.utils
 import folder_paths
 import torch
+from comfy_api.v0_0_2 import io
 
 from kosmosg_core.encoder import KosmosGEncoder
 from kosmosg_core.errors import CheckpointError, ImageError
@@ -103,15 +104,23 @@ def progress_callback(total_hint: int | None = None):
     return callback
 
 
+# Socket types of the pack (names are stored in workflows: never rename them)
+KosmosGSocket = io.Custom("KOSMOSG")
+KosmosGImages = io.Custom("KOSMOSG_IMAGES")
+
+# Fixed image_1..image_4 sockets, not a growing input: io.Autogrow exists only in 0.33.0 (0.3.75 has
+# AutogrowDynamic, a different class), and workflows store these four names.
 MAX_IMAGE_SOCKETS = 4
 
 
-def image_inputs() -> dict:
+def image_inputs() -> list:
     """Optional ``image_1..4`` sockets (a batch counts as several images) and ``more_images``."""
-    optional = {f"image_{i}": ("IMAGE", {"tooltip": "A batch counts as several images, in batch order."})
-                for i in range(1, MAX_IMAGE_SOCKETS + 1)}
-    optional["more_images"] = ("KOSMOSG_IMAGES", {"tooltip": "Images collected with KosmosG Image List."})
-    return optional
+    sockets = [io.Image.Input(f"image_{i}", optional=True, tooltip=(
+        "Images fill the <i> placeholders in order: image_1, image_2, ..., then more_images. "
+        "A batch counts as several images, in batch order.")) for i in range(1, MAX_IMAGE_SOCKETS + 1)]
+    sockets.append(KosmosGImages.Input("more_images", optional=True, tooltip=(
+        "More images, of any sizes, collected with KosmosG Image List; they come after image_1..image_4.")))
+    return sockets
 
 
 def frames(images, socket: str = "image") -> list[torch.Tensor]:

@@ -1,18 +1,23 @@
-"""Kosmos-G nodes: load the model, encode interleaved prompts, mix with CLIP text.
+"""Kosmos-G nodes (ComfyUI V3 schema): load the model, encode interleaved prompts, mix with CLIP text.
 
-Node IDs are stable (workflows store them); change behaviour, never the IDs.
+Node IDs, input names and order, socket types and output order are stable (workflows store them;
+tests/data/node_interface_v1.json holds them); change behaviour, never the interface.
 """
 
 from __future__ import annotations
 
 import folder_paths
 import torch
+from comfy_api.v0_0_2 import io
 
 from kosmosg_core.errors import CheckpointError, ImageError
 from kosmosg_core.loading import load_kosmosg
 from kosmosg_core.quantization import QUANTIZATIONS
+
 from .comfy_runtime import (
+    KosmosGImages,
     KosmosGRuntime,
+    KosmosGSocket,
     check_model_name,
     collect_images,
     frames,
@@ -36,34 +41,34 @@ WHAT_TO_DOWNLOAD = (
 register_model_folder(MODEL_FOLDER)
 
 
-class KosmosGLoader:
-    DESCRIPTION = "Loads the Kosmos-G multimodal LLM and AlignerNet (official .pt or converted .safetensors)."
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("KOSMOSG",)
-    RETURN_NAMES = ("kosmos_g",)
-    FUNCTION = "load"
+DTYPES = ["auto", "fp16", "bf16", "fp32"]
+DEVICES = ["auto", "gpu", "cpu"]
+
+
+class KosmosGLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="KosmosGLoader",
+            display_name="KosmosG Loader",
+            category=CATEGORY,
+            description="Loads the Kosmos-G multimodal LLM and AlignerNet (official .pt or converted .safetensors).",
+            inputs=[
+                io.Combo.Input("checkpoint", options=folder_paths.get_filename_list(MODEL_FOLDER), tooltip=(
+                    "checkpoint_final.pt from the Kosmos-G release, or a converted .safetensors, in models/kosmos_g/.")),
+                io.Combo.Input("dtype", options=DTYPES, default="auto", tooltip=(
+                    "auto: fp32 on CPU, ComfyUI's text-encoder precision (fp16) on GPU.")),
+                io.Combo.Input("device", options=DEVICES, default="auto", tooltip="auto: where ComfyUI runs text encoders."),
+                io.Combo.Input("quantization", options=list(QUANTIZATIONS), default="none", optional=True, tooltip=(
+                    "int8: linear weights stored as int8 (torchao), about half the memory of fp16; "
+                    "conditioning cosine similarity to fp32 >= 0.9998 on the reference fixture.")),
+            ],
+            outputs=[KosmosGSocket.Output("kosmos_g", display_name="kosmos_g", tooltip=(
+                "The loaded Kosmos-G; ComfyUI moves it to the GPU while it encodes and offloads it afterwards."))],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "checkpoint": (folder_paths.get_filename_list(MODEL_FOLDER), {
-                    "tooltip": "checkpoint_final.pt from the Kosmos-G release, or a converted .safetensors, in models/kosmos_g/."}),
-                "dtype": (["auto", "fp16", "bf16", "fp32"], {
-                    "default": "auto", "tooltip": "auto: fp32 on CPU, ComfyUI's text-encoder precision (fp16) on GPU."}),
-                "device": (["auto", "gpu", "cpu"], {
-                    "default": "auto", "tooltip": "auto: where ComfyUI runs text encoders."}),
-            },
-            "optional": {
-                "quantization": (list(QUANTIZATIONS), {
-                    "default": "none",
-                    "tooltip": "int8: linear weights stored as int8 (torchao), about half the memory of fp16; "
-                               "conditioning cosine similarity to fp32 >= 0.9998 on the reference fixture."}),
-            },
-        }
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, checkpoint):
+    def validate_inputs(cls, checkpoint):
         try:
             check_model_name(checkpoint, "checkpoint", MODEL_FOLDER)
         except CheckpointError as exc:
@@ -72,7 +77,8 @@ class KosmosGLoader:
             return missing_file_message(MODEL_FOLDER, checkpoint, WHAT_TO_DOWNLOAD)
         return True
 
-    def load(self, checkpoint: str, dtype: str, device: str, quantization: str = "none"):
+    @classmethod
+    def execute(cls, checkpoint: str, dtype: str, device: str, quantization: str = "none"):
         path = folder_paths.get_full_path(MODEL_FOLDER, check_model_name(checkpoint, "checkpoint", MODEL_FOLDER))
         if path is None:
             raise CheckpointError(missing_file_message(MODEL_FOLDER, checkpoint, WHAT_TO_DOWNLOAD))
@@ -87,77 +93,88 @@ class KosmosGLoader:
             tokenizer_dirs=model_folders(MODEL_FOLDER),
             quantization=quantization,
         )
-        return (KosmosGRuntime(encoder, load_device, offload_device),)
+        return io.NodeOutput(KosmosGRuntime(encoder, load_device, offload_device))
 
 
-class KosmosGEncode:
-    DESCRIPTION = (
-        "Interleaved text and images -> SD 1.5 conditioning. Write <i> where each image goes (in order: "
-        "image_1's batch, image_2, ..., then more_images) or <image1>, <image2>, ... to name images by number. "
-        "The negative is Kosmos-G's own null embedding unless negative text is given."
-    )
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("CONDITIONING", "CONDITIONING")
-    RETURN_NAMES = ("positive", "negative")
-    FUNCTION = "encode"
+class KosmosGEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="KosmosGEncode",
+            display_name="KosmosG Encode",
+            category=CATEGORY,
+            description=(
+                "Interleaved text and images -> SD 1.5 conditioning. Write <i> where each image goes (in order: "
+                "image_1's batch, image_2, ..., then more_images) or <image1>, <image2>, ... to name images by number. "
+                "The negative is Kosmos-G's own null embedding unless negative text is given."
+            ),
+            inputs=[
+                KosmosGSocket.Input("kosmos_g", tooltip="The model from KosmosG Loader."),
+                io.String.Input("prompt", multiline=True, default="<i> wearing <i>",
+                                tooltip="Text with <i> (or <image1>, <image2>, ...) where the images go."),
+                io.String.Input("negative", multiline=True, default="",
+                                tooltip="Optional text; empty uses Kosmos-G's null embedding."),
+                *image_inputs(),
+            ],
+            outputs=[
+                io.Conditioning.Output("positive", display_name="positive", tooltip=(
+                    "77 Kosmos-G tokens in place of CLIP text: connect to a sampler's positive (or ControlNet).")),
+                io.Conditioning.Output("negative_out", display_name="negative", tooltip=(
+                    "Kosmos-G's null embedding, or the negative text encoded: connect to the sampler's negative.")),
+            ],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "kosmos_g": ("KOSMOSG",),
-                "prompt": ("STRING", {"multiline": True, "default": "<i> wearing <i>",
-                                      "tooltip": "Text with <i> (or <image1>, <image2>, ...) where the images go."}),
-                "negative": ("STRING", {"multiline": True, "default": "",
-                                        "tooltip": "Optional text; empty uses Kosmos-G's null embedding."}),
-            },
-            "optional": image_inputs(),
-        }
-
-    def encode(self, kosmos_g: KosmosGRuntime, prompt: str, negative: str, more_images=None, **sockets):
-        return kosmos_g.encode(prompt, collect_images(sockets, more_images), negative)
+    def execute(cls, kosmos_g: KosmosGRuntime, prompt: str, negative: str, more_images=None, **sockets):
+        return io.NodeOutput(*kosmos_g.encode(prompt, collect_images(sockets, more_images), negative))
 
 
-class KosmosGImageList:
-    DESCRIPTION = "Collects images of any size for KosmosG Encode's more_images input; chain as many as needed."
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("KOSMOSG_IMAGES",)
-    RETURN_NAMES = ("images",)
-    FUNCTION = "collect"
+class KosmosGImageList(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="KosmosGImageList",
+            display_name="KosmosG Image List",
+            category=CATEGORY,
+            description="Collects images of any size for KosmosG Encode's more_images input; chain as many as needed.",
+            inputs=[
+                io.Image.Input("image", tooltip="Image(s) to add; a batch adds each of its images, in batch order."),
+                KosmosGImages.Input("previous", optional=True, tooltip="Images collected so far (they come first)."),
+            ],
+            outputs=[KosmosGImages.Output("images", display_name="images", tooltip=(
+                "previous, then this image: for more_images of an encode node, or the next KosmosG Image List."))],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {"image": ("IMAGE",)},
-            "optional": {"previous": ("KOSMOSG_IMAGES", {"tooltip": "Images collected so far (they come first)."})},
-        }
-
-    def collect(self, image: torch.Tensor, previous=None):
+    def execute(cls, image: torch.Tensor, previous=None):
         if previous is not None and not isinstance(previous, (list, tuple)):
             raise ImageError(f"previous got {type(previous).__name__}; connect another KosmosG Image List.")
-        return (tuple(previous or ()) + tuple(frames(image)),)
+        return io.NodeOutput(tuple(previous or ()) + tuple(frames(image)))
 
 
-class KosmosGConcatCLIPText:
-    DESCRIPTION = (
-        "Appends a CLIP text encoding (e.g. a LoRA's trigger words through a LoRA'd CLIP) after the Kosmos-G "
-        "tokens, as ConditioningConcat does; the U-Net attends to both. pooled_output comes from CLIP."
-    )
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("CONDITIONING",)
-    FUNCTION = "concat"
+class KosmosGConcatCLIPText(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="KosmosGConcatCLIPText",
+            display_name="KosmosG + CLIP Text",
+            category=CATEGORY,
+            description=(
+                "Appends a CLIP text encoding (e.g. a LoRA's trigger words through a LoRA'd CLIP) after the Kosmos-G "
+                "tokens, as ConditioningConcat does; the U-Net attends to both. pooled_output comes from CLIP."
+            ),
+            inputs=[
+                io.Conditioning.Input("conditioning", tooltip="Kosmos-G conditioning (e.g. KosmosG Encode's positive)."),
+                io.Clip.Input("clip", tooltip="The SD 1.5 checkpoint's CLIP (through a LoRA loader to use its trigger words)."),
+                io.String.Input("text", multiline=True, default="", tooltip="CLIP text, e.g. trigger words."),
+            ],
+            # no name in V1 either: the socket is labelled with its type
+            outputs=[io.Conditioning.Output("CONDITIONING", display_name="CONDITIONING", tooltip=(
+                "The Kosmos-G tokens followed by the CLIP tokens, with CLIP's pooled_output."))],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "conditioning": ("CONDITIONING",),
-                "clip": ("CLIP",),
-                "text": ("STRING", {"multiline": True, "default": "", "tooltip": "CLIP text, e.g. trigger words."}),
-            }
-        }
-
-    def concat(self, conditioning: list, clip, text: str):
+    def execute(cls, conditioning: list, clip, text: str):
         encoded = clip.encode_from_tokens_scheduled(clip.tokenize(text))
         clip_tokens, clip_extra = encoded[0][0], encoded[0][1]
         result = []
@@ -166,18 +183,7 @@ class KosmosGConcatCLIPText:
             if "pooled_output" in clip_extra:
                 merged["pooled_output"] = clip_extra["pooled_output"]
             result.append([torch.cat((tokens, clip_tokens.to(tokens)), dim=1), merged])
-        return (result,)
+        return io.NodeOutput(result)
 
 
-NODE_CLASS_MAPPINGS = {
-    "KosmosGLoader": KosmosGLoader,
-    "KosmosGEncode": KosmosGEncode,
-    "KosmosGImageList": KosmosGImageList,
-    "KosmosGConcatCLIPText": KosmosGConcatCLIPText,
-}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "KosmosGLoader": "KosmosG Loader",
-    "KosmosGEncode": "KosmosG Encode",
-    "KosmosGImageList": "KosmosG Image List",
-    "KosmosGConcatCLIPText": "KosmosG + CLIP Text",
-}
+NODES = [KosmosGLoader, KosmosGEncode, KosmosGImageList, KosmosGConcatCLIPText]

@@ -15,6 +15,7 @@ types and order. What may differ, and is normalised away before comparing:
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,23 @@ def interface(info: dict) -> dict:
 def pack_interface(comfy) -> dict:
     classes, names = comfy.node_classes(), comfy.display_names()
     return {name: interface(object_info(classes[name], name, names)) for name in comfy.pack_nodes}
+
+
+def test_pack_registers_v3_nodes_through_its_entrypoint(comfy):
+    """The root module has comfy_entrypoint and no NODE_CLASS_MAPPINGS (ComfyUI would load it as V1
+    and never call the entrypoint); every registered node is a V3 io.ComfyNode."""
+    import sys
+
+    from comfy_api.v0_0_2 import io
+
+    from kosmosg_core.runner.host import PACK_DIR
+
+    root = next(m for m in list(sys.modules.values())
+                if getattr(m, "__file__", None) == os.path.join(PACK_DIR, "__init__.py"))
+    assert callable(getattr(root, "comfy_entrypoint", None)) and not hasattr(root, "NODE_CLASS_MAPPINGS")
+    classes = comfy.node_classes()
+    assert all(issubclass(classes[name], io.ComfyNode) for name in comfy.pack_nodes)
+    assert all(classes[name].GET_SCHEMA().node_id == name for name in comfy.pack_nodes)
 
 
 def test_interface_matches_the_v1_snapshot(comfy):

@@ -463,7 +463,7 @@ def test_library_is_imported_once(comfy):
     assert runtime.ImageError is kosmosg_core.errors.ImageError
     copies = [name for name in sys.modules if name.endswith(".kosmosg_core") or ".kosmosg_core." in name]
     assert not copies, copies
-    error = comfy.node_classes()["KosmosGLoader"]().load.__globals__["CheckpointError"]
+    error = comfy.node_classes()["KosmosGLoader"].execute.__globals__["CheckpointError"]
     assert issubclass(error, kosmosg_core.errors.KosmosGError)
 
 
@@ -472,16 +472,16 @@ def test_kosmosg_loader_refuses_names_outside_its_folder(comfy, name):
     from kosmosg_core.errors import CheckpointError
 
     loader = comfy.node_classes()["KosmosGLoader"]
-    message = loader.VALIDATE_INPUTS(checkpoint=name)
+    message = loader.validate_inputs(checkpoint=name)
     assert isinstance(message, str) and "kosmos_g model folder" in message and "\n" not in message
     with pytest.raises(CheckpointError, match="kosmos_g model folder"):
-        loader().load(name, "auto", "auto")
+        loader.execute(name, "auto", "auto")
 
 
 @pytest.mark.parametrize("name", ["..", "../..", "gill_opt/../../..", "/"])
 def test_gill_loader_refuses_folders_outside_models_gill(comfy, name):
     loader = comfy.node_classes()["GILLLoader"]
-    message = loader.VALIDATE_INPUTS(release=name, llm="opt-6.7b", vision="clip-vit-large-patch14")
+    message = loader.validate_inputs(release=name, llm="opt-6.7b", vision="clip-vit-large-patch14")
     assert isinstance(message, str) and "gill model folder" in message and "\n" not in message
 
 
@@ -526,11 +526,11 @@ def test_image_list_refuses_a_bad_tensor(comfy):
 
     from kosmosg_core.errors import ImageError
 
-    node = comfy.node_classes()["KosmosGImageList"]()
+    node = comfy.node_classes()["KosmosGImageList"]
     with pytest.raises(ImageError, match="shape"):
-        node.collect(torch.zeros(2, 2))
+        node.execute(torch.zeros(2, 2))
     with pytest.raises(ImageError, match="previous got str"):
-        node.collect(torch.zeros(1, 8, 8, 3), previous="x")
+        node.execute(torch.zeros(1, 8, 8, 3), previous="x")
 
 
 def test_graph_with_a_climbing_checkpoint_name_fails_validation_in_one_line(comfy):
