@@ -190,6 +190,50 @@ def _best_load(runs: list[dict]) -> dict:
             "peak_rss_over_weight_bytes": max(run["peak_rss_over_weight_bytes"] for run in runs)}
 
 
+# GILL's main evaluation setting (VIST): a story of 5 captions and 4 images, then the next step
+GILL_STORY_PROMPT = ("my family went to the beach for the day. <i> the kids built a huge sand castle near the water. <i> "
+                     "then we all went swimming in the cold waves. <i> dad cooked hot dogs on the grill for lunch. <i> "
+                     "at sunset we walked along the shore, and then")
+GILL_VOCAB = 50274  # OPT-6.7B's 50,265 tokens + GILL's <|image|> and [IMG0..7]: the LM head's real cost
+
+
+def gill_story_images(size: int = 64) -> list:
+    return [_picture(i).resize((size, size)) for i in range(4)]
+
+
+def time_gill_generation(gill, new_tokens: int, repeats: int, images=None) -> tuple[dict, dict]:
+    """Greedy generation of ``new_tokens`` after :data:`GILL_STORY_PROMPT`, with and without the KV
+    cache (best of ``repeats`` after a warm-up; each step reads its logits on the CPU, so the timing
+    includes the device's work). Returns the report and the unrounded seconds per mode."""
+    import torch
+
+    images = gill_story_images() if images is None else images
+    context_tokens = len(gill.context(GILL_STORY_PROMPT, images)[1])
+    timings = {}
+    for use_cache in (True, False):
+        kwargs = dict(max_new_tokens=new_tokens, min_word_tokens=new_tokens, stop_at_newline=False, use_cache=use_cache)
+        gill.generate(GILL_STORY_PROMPT, images, **{**kwargs, "max_new_tokens": 2})
+        best = float("inf")
+        for _ in range(max(1, repeats)):
+            start = time.perf_counter()
+            ids = gill.generate(GILL_STORY_PROMPT, images, **kwargs).ids
+            best = min(best, time.perf_counter() - start)
+        timings["cache" if use_cache else "recompute"] = (best, ids)
+    cache, recompute = timings["cache"][0], timings["recompute"][0]
+    report = {
+        "context_tokens": context_tokens,
+        "new_tokens": new_tokens,
+        "repeats": max(1, repeats),
+        "seconds_with_cache": round(cache, 4),
+        "seconds_recompute": round(recompute, 4),
+        "tokens_per_second_with_cache": round(new_tokens / cache, 2),
+        "tokens_per_second_recompute": round(new_tokens / recompute, 2),
+        "speedup": round(recompute / cache, 2),
+        "same_ids": bool(torch.equal(timings["cache"][1], timings["recompute"][1])),
+    }
+    return report, {"with_cache": cache, "recompute": recompute}
+
+
 def _gill_generation_timings(width: int, layers: int, new_tokens: int, repeats: int) -> tuple[dict, dict]:
     """The report of :func:`gill_generation_bench` and the unrounded best-of-``repeats`` seconds per mode."""
     import torch
@@ -202,38 +246,10 @@ def _gill_generation_timings(width: int, layers: int, new_tokens: int, repeats: 
         write_clip_vision(os.path.join(root, "clip"))
         write_release(os.path.join(root, "gill"), tiny_heads_config(llm_dim=width))
         gill = load_gill(os.path.join(root, "gill"), os.path.join(root, "opt"), os.path.join(root, "clip"))
-    gill.lm.resize_token_embeddings(50274, mean_resizing=False)  # OPT-6.7B's vocabulary, so the LM head costs what it really costs
-    # GILL's main evaluation setting (VIST): a story of 5 captions and 4 images, then the next step
-    prompt = ("my family went to the beach for the day. <i> the kids built a huge sand castle near the water. <i> "
-              "then we all went swimming in the cold waves. <i> dad cooked hot dogs on the grill for lunch. <i> "
-              "at sunset we walked along the shore, and then")
-    image = [_picture(i).resize((64, 64)) for i in range(4)]
-    context_tokens = len(gill.context(prompt, image)[1])
-    timings = {}
-    for use_cache in (True, False):
-        kwargs = dict(max_new_tokens=new_tokens, min_word_tokens=new_tokens, stop_at_newline=False, use_cache=use_cache)
-        gill.generate(prompt, image, **{**kwargs, "max_new_tokens": 2})
-        best = float("inf")
-        for _ in range(max(1, repeats)):
-            start = time.perf_counter()
-            ids = gill.generate(prompt, image, **kwargs).ids
-            best = min(best, time.perf_counter() - start)
-        timings["cache" if use_cache else "recompute"] = (best, ids)
-    assert torch.equal(timings["cache"][1], timings["recompute"][1]), "cache and recomputation disagree"
-    cache, recompute = timings["cache"][0], timings["recompute"][0]
-    report = {
-        "llm": f"random OPT, width {width}, {layers} layers (OPT-6.7B has 32), fp32, vocab 50274",
-        "context_tokens": context_tokens,
-        "new_tokens": new_tokens,
-        "repeats": max(1, repeats),
-        "seconds_with_cache": round(cache, 4),
-        "seconds_recompute": round(recompute, 4),
-        "tokens_per_second_with_cache": round(new_tokens / cache, 2),
-        "tokens_per_second_recompute": round(new_tokens / recompute, 2),
-        "speedup": round(recompute / cache, 2),
-        "same_ids": True,
-    }
-    return report, {"with_cache": cache, "recompute": recompute}
+    gill.lm.resize_token_embeddings(GILL_VOCAB, mean_resizing=False)
+    report, raw = time_gill_generation(gill, new_tokens, repeats)
+    assert report["same_ids"], "cache and recomputation disagree"
+    return {"llm": f"random OPT, width {width}, {layers} layers (OPT-6.7B has 32), fp32, vocab {GILL_VOCAB}", **report}, raw
 
 
 def gill_generation_bench(width: int, layers: int, new_tokens: int = 32, repeats: int = 2) -> dict:
