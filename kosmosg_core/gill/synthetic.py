@@ -41,26 +41,34 @@ def write_opt_tokenizer(folder: str, vocab_size: int = 400) -> int:
 
 
 def write_opt(folder: str, hidden: int = 128, layers: int = 2, ffn: int | None = None, seed: int = 0,
-              dtype=torch.float16) -> str:
+              dtype=torch.float16, heads: int | None = None, device: str | torch.device = "cpu") -> str:
+    """A random OPT of any size; ``device`` is where its weights are made (a GPU makes OPT-6.7B's in a
+    second, where a CPU takes minutes); the folder is the same either way."""
     from transformers import OPTConfig, OPTForCausalLM
 
     vocab = write_opt_tokenizer(folder)
     config = OPTConfig(vocab_size=vocab + 7, hidden_size=hidden, word_embed_proj_dim=hidden, num_hidden_layers=layers,
-                       num_attention_heads=max(1, hidden // 32), ffn_dim=ffn or 2 * hidden, max_position_embeddings=2048,
-                       do_layer_norm_before=True, pad_token_id=1, bos_token_id=2, eos_token_id=2, dropout=0.0)
+                       num_attention_heads=heads or max(1, hidden // 32), ffn_dim=ffn or 2 * hidden,
+                       max_position_embeddings=2048, do_layer_norm_before=True, pad_token_id=1, bos_token_id=2,
+                       eos_token_id=2, dropout=0.0)
     torch.manual_seed(seed)
-    OPTForCausalLM(config).to(dtype).save_pretrained(folder)
+    with torch.device(device):
+        model = OPTForCausalLM(config).to(dtype)
+    model.save_pretrained(folder)
     return folder
 
 
-def write_clip_vision(folder: str, hidden: int = 64, image_size: int = 56, seed: int = 0) -> str:
+def write_clip_vision(folder: str, hidden: int = 64, image_size: int = 56, seed: int = 0, layers: int = 2,
+                      heads: int | None = None, device: str | torch.device = "cpu", dtype=torch.float32) -> str:
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
-    config = CLIPVisionConfig(hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=2,
-                              num_attention_heads=max(1, hidden // 64), image_size=image_size, patch_size=14,
+    config = CLIPVisionConfig(hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
+                              num_attention_heads=heads or max(1, hidden // 64), image_size=image_size, patch_size=14,
                               hidden_act="quick_gelu", projection_dim=hidden)
     torch.manual_seed(seed)
-    CLIPVisionModel(config).save_pretrained(folder)
+    with torch.device(device):
+        model = CLIPVisionModel(config).to(dtype)
+    model.save_pretrained(folder)
     return folder
 
 
