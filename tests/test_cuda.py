@@ -133,22 +133,29 @@ def gpu_comfy(tmp_path_factory):
     booted = sys.modules.get("comfy.model_management")
     if booted is not None and booted.cpu_state == booted.CPUState.CPU:
         pytest.skip("ComfyUI already runs on the CPU in this process; run `pytest -m cuda` on its own")
-    from comfy_graphs import write_input_images
-
     from kosmosg_core.runner.host import ComfyHost, find_comfyui
     from kosmosg_core.runner.tiny_models import write_tiny_models
 
     host = ComfyHost(find_comfyui(), str(tmp_path_factory.mktemp("comfy_gpu")), cpu=False)
     host.tiny_models = write_tiny_models(host.folder_paths.models_dir)
-    write_input_images(host.folder_paths.get_input_directory())
     return host
+
+
+def gpu_graph(seed: int, prompt: str = "<i> wearing <i>") -> dict:
+    """tests/comfy_graphs.py's SD graph with EmptyImage inputs: ComfyUI 0.33.0's LoadImage decodes through
+    PyAV, which does not travel to the GPU machine."""
+    from comfy_graphs import node, sd_graph
+
+    graph = sd_graph(seed=seed, prompt=prompt)
+    graph["img1"] = node("EmptyImage", width=96, height=80, batch_size=1, color=0x3366CC)
+    graph["img2"] = node("EmptyImage", width=72, height=88, batch_size=1, color=0xCC9933)
+    return graph
 
 
 def test_nodes_load_kosmosg_on_the_gpu_and_comfyui_offloads_it(gpu_comfy):
     import comfy.model_management as mm
-    from comfy_graphs import sd_graph
 
-    result = gpu_comfy.run(sd_graph(seed=3))
+    result = gpu_comfy.run(gpu_graph(seed=3))
     assert result.success, result.error
     runtime = gpu_comfy.node_output("ks")
     assert runtime.encoder.dtype in (torch.float16, torch.bfloat16), runtime.encoder.dtype  # "auto" on a GPU
@@ -160,6 +167,6 @@ def test_nodes_load_kosmosg_on_the_gpu_and_comfyui_offloads_it(gpu_comfy):
     mm.unload_all_models()
     mm.soft_empty_cache()
     assert all(p.device.type == "cpu" for p in runtime.encoder.model.parameters())
-    again = gpu_comfy.run(sd_graph(seed=4, prompt="<i> beside <i>"))  # a new prompt loads it back
+    again = gpu_comfy.run(gpu_graph(seed=4, prompt="<i> beside <i>"))  # a new prompt loads it back
     assert again.success, again.error
     assert runtime.patcher in mm.loaded_models()
