@@ -40,7 +40,7 @@ def test_tiny_run_finishes_every_section(tiny_run):
     assert done.returncode == 0, log[-3000:]
     assert doc["finished"] and doc["mode"] == "tiny" and doc["device"] == "cpu"
     assert {name: s["status"] for name, s in doc["sections"].items()} == dict.fromkeys(
-        ["env", "kosmosg", "comfy", "gill", "cuda_tests"], "ok"), log[-3000:]
+        ["env", "kosmosg", "comfy", "gill", "comfy_dynamic", "cuda_tests"], "ok"), log[-3000:]
     for name in doc["sections"]:
         assert f"== {name}: ok" in log  # progress lines, as they happen
     assert doc["wall_seconds"] < 150, "the tiny run is meant to take well under a minute"
@@ -71,6 +71,11 @@ def test_tiny_run_generates_inside_comfyui_with_both_encoders(tiny_run):
     assert len(caps) == 3
     for key in caps:  # on the CPU the cap is not applied, but the path runs
         assert comfy[key]["status"] == "ok" and comfy[key]["success"] and comfy[key]["cap_applied"] is False
+
+
+def test_tiny_run_says_why_dynamic_vram_is_not_on(tiny_run):
+    control = tiny_run[1]["sections"]["comfy_dynamic"]["dynamic_vram_control"]
+    assert control["enabled"] is False and "CUDA" in control["reason"]
 
 
 def test_tiny_run_times_gill_with_and_without_the_cache(tiny_run):

@@ -157,22 +157,31 @@ def _place(source: str, folder: str) -> str:
     return os.path.basename(dest)
 
 
-def run(rec: Recorder) -> None:
+def run(rec: Recorder, dynamic=None) -> None:
+    """``dynamic``: None (the runner as it is), or the (before boot, after boot) pair of functions of
+    :mod:`.comfy_dynamic` that turn on ComfyUI 0.33's DynamicVRAM as its main.py does."""
     from ..runner.host import ComfyHost, find_comfyui
 
     tiny, work, device = rec.tiny, rec.settings["work"], rec.settings["device"]
     kosmos = rec.step("kosmos_g_files", lambda: ensure_files(work, tiny, rec.say), need=0 if tiny else 60)
     if not kosmos:
         return
+    if dynamic and not (rec.step("dynamic_vram_control", dynamic[0]) or {}).get("enabled"):
+        return
     started = time.perf_counter()
     host = ComfyHost(find_comfyui(), os.path.join(work, "comfy_base"))
+    if dynamic and not (rec.step("dynamic_vram_devices", dynamic[1]) or {}).get("enabled"):
+        return
     import comfy.model_management as mm
+    import comfy.utils
 
+    comfy.utils.PROGRESS_BAR_ENABLED = False  # the sampler's tqdm bars, 30 steps a run, would swamp the log
     memory = sys.modules.get("comfy.memory_management")  # ComfyUI 0.33's DynamicVRAM switch; absent in 0.3.75
     rec.put("comfyui", {"version": host.version, "root": host.root, "boot_seconds": round(time.perf_counter() - started, 2),
                         "vram_state": getattr(mm.vram_state, "name", str(mm.vram_state)),
                         "dynamic_vram": bool(getattr(memory, "aimdo_enabled", False)),
-                        "note": "in-process runner: main.py's DynamicVRAM (comfy-aimdo) and allocator set-up do not run"})
+                        "note": "in-process runner: main.py's allocator set-up does not run"
+                                + ("" if dynamic else ", nor its DynamicVRAM (comfy-aimdo): section comfy_dynamic turns that on")})
     rec.say(f"ComfyUI {host.version} booted in {time.perf_counter() - started:.1f} s")
     models = host.folder_paths.models_dir
     settings = {"device": device, "size": 64 if tiny else 512, "steps": 2 if tiny else 30, "runs": 1 if tiny else 5,
@@ -185,6 +194,8 @@ def run(rec: Recorder) -> None:
         from . import sd15
 
         began = time.perf_counter()
+        if os.path.exists(checkpoint):  # written by the section before (comfy, then comfy_dynamic)
+            return {"reused": checkpoint}
         if tiny:  # the tiny test model; the real layout is still checked, on meta tensors
             from ..runner.tiny_models import write_tiny_sd15
 

@@ -68,7 +68,8 @@ def measure_mode(paths: dict, mode: str, device: str, tiny: bool) -> dict:
     load_seconds = time.perf_counter() - started
     loaded = vram(device)
     reset_peak(device)
-    report, _ = time_gill_generation(gill, new_tokens=8 if tiny else 32, repeats=1 if tiny else 3)
+    repeats = 1 if tiny or quantization != "none" else 3  # bitsandbytes decodes several times slower: one run each
+    report, _ = time_gill_generation(gill, new_tokens=8 if tiny else 32, repeats=repeats)
     peak = vram(device)
     result = {
         "dtype": dtype, "quantization": quantization, "load_seconds": round(load_seconds, 2),

@@ -47,6 +47,7 @@ def measurements(sections: dict) -> dict:
     found = {
         "encode_2_images_bf16_ms": _get(kosmos, "safetensors-bf16", "encode_2_images", "median_ms"),
         "comfy_overhead_percent": _get(comfy, "overhead_percent"),
+        "comfy_dynamic_vram_overhead_percent": _get(sections.get("comfy_dynamic", {}), "overhead_percent"),
         "kosmosg_weights_fp32": _get(kosmos, "safetensors-fp32", "device_bytes_after_load"),
         "kosmosg_weights_bf16": _get(kosmos, "safetensors-bf16", "device_bytes_after_load"),
         "kosmosg_weights_int8": _get(kosmos, "safetensors-bf16-int8", "device_bytes_after_load"),

@@ -16,7 +16,7 @@ import traceback
 
 from .common import Recorder, one_line
 
-SECTIONS = ("env", "kosmosg", "comfy", "gill", "cuda_tests")
+SECTIONS = ("env", "kosmosg", "comfy", "gill", "comfy_dynamic", "cuda_tests")
 
 
 def _fault(rec: Recorder) -> None:
