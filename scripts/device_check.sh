@@ -74,8 +74,9 @@ prepare() {
     carried=$(du -sb "$DEVICE_DIR" | cut -f1)
     tree=$( (git ls-files -z; git ls-files -z -o --exclude-standard) | du -cb --files0-from=- 2>/dev/null | tail -1 | cut -f1)
     ls -l "$DEVICE_DIR" "$DEVICE_DIR/whl"
-    echo "prepared $DEVICE_DIR in $((SECONDS - start)) s: carried $((carried / 1048576)) MiB + working tree" \
-         "$((tree / 1048576)) MiB = $(((carried + tree) / 1048576)) MiB of the 64 MiB that may travel"
+    awk -v c="$carried" -v t="$tree" -v d="$DEVICE_DIR" -v s=$((SECONDS - start)) 'BEGIN { m = 1048576;
+        printf "prepared %s in %d s: carried %.1f MiB + working tree %.1f MiB = %.1f MiB of the 64 MiB that may travel\n",
+               d, s, c / m, t / m, (c + t) / m }'
 }
 
 install_carried() {  # wheels into their own folder, ComfyUI unpacked, fixtures pointed at

@@ -112,6 +112,7 @@ def capped_run(host, kind: str, cap_gb: float, settings: dict, index: int) -> di
     if applied:
         free, _total = torch.cuda.mem_get_info()
         ballast = torch.empty(max(0, free - int(cap_gb * 1e9)), dtype=torch.uint8, device="cuda")
+    seen = gb(_comfy_free()) if applied else None
     reset_peak(device)
     before = vram(device)["allocated_bytes"] or 0
     started = time.perf_counter()
@@ -123,7 +124,7 @@ def capped_run(host, kind: str, cap_gb: float, settings: dict, index: int) -> di
     peak = vram(device)
     report = {
         "cap_applied": applied,
-        "free_gb_seen_by_comfyui": gb(_comfy_free()) if applied else None,
+        "free_gb_seen_by_comfyui_before": seen,
         "seconds": round(time.perf_counter() - started, 3),
         **outcome,
         "peak_device_bytes_over_ballast": None if peak["peak_allocated_bytes"] is None else peak["peak_allocated_bytes"] - before,
