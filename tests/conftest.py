@@ -1,22 +1,47 @@
-"""Shared test set-up: where ../shared lives, and tiny generated checkpoints.
+"""Shared test set-up: the tiers (tests/support/tiers.py), the environment, the session fixtures (tiny generated
+checkpoints, the official-format fixtures, the ComfyUI hosts).
 
-``../shared`` (beside the checkout, as CI has it) holds the official-format fixtures. Without it
-the parity tests skip locally, but under ``CI=true`` they fail: CI must never go green by skipping.
+Where the fixtures are found (tests/data/fixtures, then ../shared) is in ``support``: a missing
+one skips locally, but under ``CI=true`` fails: CI must never go green by skipping.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-# Loading an official .pt writes a converted copy beside it (or under ~/.cache); tests that are
-# about that cache turn it back on, the rest must not write next to ../shared or into $HOME.
-os.environ.setdefault("KOSMOSG_NO_CONVERT_CACHE", "1")
-SHARED = Path(os.environ.get("KOSMOSG_SHARED", REPO.parent / "shared"))
+from support import require_fixture
+from support.tiers import tiers_of
+
+
+def pytest_configure(config):
+    # Loading an official .pt writes a converted copy beside it (or under ~/.cache); tests that are
+    # about that cache turn it back on, the rest must not write next to the fixtures or into $HOME.
+    config._kosmosg_cache_env = os.environ.get("KOSMOSG_NO_CONVERT_CACHE")
+    os.environ.setdefault("KOSMOSG_NO_CONVERT_CACHE", "1")
+
+
+def pytest_unconfigure(config):
+    previous = getattr(config, "_kosmosg_cache_env", None)
+    if previous is None:
+        os.environ.pop("KOSMOSG_NO_CONVERT_CACHE", None)
+    else:
+        os.environ["KOSMOSG_NO_CONVERT_CACHE"] = previous
+
+
+def pytest_collection_modifyitems(config, items):
+    untiered = []
+    for item in items:
+        tiers = tiers_of(item)
+        if not tiers:
+            untiered.append(item.nodeid)
+        for tier in sorted(tiers):
+            item.add_marker(tier)
+    if untiered:
+        raise pytest.UsageError("tests without a tier (add their file to FILE_TIERS in tests/support/tiers.py): "
+                                + ", ".join(untiered[:10]))
 
 
 def pytest_report_header(config):
@@ -30,35 +55,9 @@ def pytest_report_header(config):
     return f"ComfyUI host: {comfy_version(root)} at {root}"
 
 
-def require_shared(*parts: str) -> Path:
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-        message = f"{path} is missing: the shared fixtures must sit beside the checkout (../shared)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
-def fixture_dirs(prefix: str) -> list[Path]:
-    """Every official-format fixture named ``prefix*`` in ../shared/fixtures (other sizes may be added)."""
-    root = SHARED / "fixtures"
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if p.name.startswith(prefix) and (p / "cases.json").is_file())
-
-
-def kosmosg_fixture_dirs() -> list[Path]:
-    return fixture_dirs("kosmosg")
-
-
-def fixture_cases() -> list[tuple[Path, dict]]:
-    return [(d, case) for d in kosmosg_fixture_dirs() for case in json.loads((d / "cases.json").read_text())]
-
-
 @pytest.fixture(scope="session")
 def official_fixture() -> Path:
-    return require_shared("fixtures", "kosmosg-official-tiny")
+    return require_fixture("kosmosg-official-tiny")
 
 
 @pytest.fixture(scope="session")
@@ -94,7 +93,8 @@ def tiny_checkpoint(tmp_path_factory, tiny_tokenizer_dir) -> Path:
 def comfy(tmp_path_factory):
     """One real ComfyUI (0.3.75 test host, or COMFYUI_PATH) booted in this process, with the pack
     loaded through ComfyUI's own custom-node loader, tiny models and input images in place."""
-    from comfy_graphs import write_input_images
+    from support.comfy_graphs import write_input_images
+
     from kosmosg_core.runner.host import ComfyHost, find_comfyui
     from kosmosg_core.runner.tiny_models import write_tiny_models
 
@@ -107,13 +107,9 @@ def comfy(tmp_path_factory):
     return host
 
 
-def gill_fixture_dirs() -> list[Path]:
-    return fixture_dirs("gill")
-
-
 @pytest.fixture(scope="session")
 def gill_fixture() -> Path:
-    return require_shared("fixtures", "gill-official-tiny")
+    return require_fixture("gill-official-tiny")
 
 
 @pytest.fixture(scope="session")
@@ -133,7 +129,7 @@ def tiny_gill_dirs(tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def comfy_server(tmp_path_factory, comfy):
     """ComfyUI's real HTTP server (main.py, official frontend) with this pack in custom_nodes."""
-    from comfy_server import ComfyServer
+    from support.comfy_server import ComfyServer
 
     server = ComfyServer(tmp_path_factory.mktemp("comfy_server"), comfy.folder_paths.models_dir)
     yield server

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import sync_playwright
 
-from conftest import REPO
+from support import REPO
 
 from kosmosg_core.runner import override
 from kosmosg_core.workflow import ui_to_api

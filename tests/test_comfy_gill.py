@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from comfy_graphs import node, read_images
+from support.comfy_graphs import node, read_images
 
 from kosmosg_core.gill import load_gill
 from kosmosg_core.gill.retrieval import build_index
@@ -81,8 +81,8 @@ def test_gill_retrieve_node_returns_the_best_local_image(comfy):
     slot, _ = gill.encode("a picture like <i>", [os.path.join(input_dir, "dog.png")])
     best = index.search(slot.ret_emb, gill.heads.logit_scale, 1)[0][0]
     assert matches.splitlines()[0].endswith(best) and len(matches.splitlines()) == 3
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     expected = np.asarray(Image.open(best).convert("RGB"), dtype=np.float32) / 255
     assert image.shape == (1, *expected.shape) and torch.equal(image[0], torch.from_numpy(expected))

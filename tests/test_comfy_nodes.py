@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from comfy_graphs import node, read_images, sd_graph
+from support.comfy_graphs import node, read_images, sd_graph
 
 from kosmosg_core.cli import main as cli_main
 from kosmosg_core.runner.host import PACK_DIR

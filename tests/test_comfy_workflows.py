@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from comfy_graphs import read_images
-from conftest import REPO
+from support import REPO
+from support.comfy_graphs import read_images
 
 from kosmosg_core.runner import override
 from kosmosg_core.workflow import ui_to_api

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import fixture_cases, gill_fixture_dirs
+from support import fixture_cases, gill_fixture_dirs
 from test_gill import CLOSE as GILL_CLOSE
 from test_gill import gill_args
 from test_parity import CLOSE, EXACT, TOLERANCE, encode_args
@@ -142,9 +142,9 @@ def gpu_comfy(tmp_path_factory):
 
 
 def gpu_graph(seed: int, prompt: str = "<i> wearing <i>") -> dict:
-    """tests/comfy_graphs.py's SD graph with EmptyImage inputs: ComfyUI 0.33.0's LoadImage decodes through
+    """tests/support/comfy_graphs.py's SD graph with EmptyImage inputs: ComfyUI 0.33.0's LoadImage decodes through
     PyAV, which does not travel to the GPU machine."""
-    from comfy_graphs import node, sd_graph
+    from support.comfy_graphs import node, sd_graph
 
     graph = sd_graph(seed=seed, prompt=prompt)
     graph["img1"] = node("EmptyImage", width=96, height=80, batch_size=1, color=0x3366CC)

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from support import REPO
 
 from kosmosg_core.device_check import report
 from kosmosg_core.device_check.cuda_tests import summarize

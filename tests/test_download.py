@@ -1,4 +1,4 @@
-"""``download``: every source served by the fake web (tests/download_server.py) through --mirror.
+"""``download``: every source served by the fake web (tests/support/download_server.py) through --mirror.
 
 The full downloads run the CLI as users do (a subprocess); the other cases call the same
 ``main`` in-process, because each subprocess spends two seconds importing torch.
@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
-from download_server import closed_port_url, serve_models
+
+from support import REPO
+from support.download_server import closed_port_url, serve_models
 
 from kosmosg_core.cli import main
 from kosmosg_core.download import (

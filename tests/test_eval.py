@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-import eval_assets as assets
+from support import eval_assets as assets
+
 from kosmosg_core import cli
 from kosmosg_core.evaluation import datasets
 from kosmosg_core.evaluation.metrics import ClipFeatures, ClipScorer, DinoScorer, LpipsScorer, cosine, make_fid

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import gill_fixture_dirs, require_shared
+from support import gill_fixture_dirs, require_fixture
 
 from kosmosg_core import CheckpointError, PromptError, RefusedPickleError
 from kosmosg_core.cli import main
@@ -32,7 +32,7 @@ def gill_args(fixture, case, *extra):
 
 
 def test_gill_fixtures_present():
-    require_shared("fixtures", "gill-official-tiny", "cases.json")
+    require_fixture("gill-official-tiny", "cases.json")
     assert CASES
 
 
@@ -129,7 +129,7 @@ def test_kv_cache_tests_pass_under_the_lowest_declared_transformers():
     import subprocess
     from pathlib import Path
 
-    from conftest import REPO
+    from support import REPO
 
     if os.environ.get("KOSMOSG_LOWEST_TIER"):
         pytest.skip("already inside the lowest-transformers tier")

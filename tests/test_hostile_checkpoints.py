@@ -18,7 +18,8 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from hostile_harness import Canary, assert_clear_error, run_cli
+
+from support.hostile_harness import Canary, assert_clear_error, run_cli
 
 from kosmosg_core import load_kosmosg, open_checkpoint
 from kosmosg_core.config import count_layers

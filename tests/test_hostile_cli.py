@@ -8,7 +8,8 @@ import shutil
 
 import pytest
 
-from hostile_harness import Canary, assert_clear_error, run_cli
+from support.hostile_harness import Canary, assert_clear_error, run_cli
+
 from kosmosg_core.errors import InputFileError, OutputPathError
 from kosmosg_core.safe_files import (
     atomic_open,

@@ -2,7 +2,7 @@
 
 Every case has a canary: the destination (a good file already there, where the case has one) is
 fingerprinted before and compared after, and only the paths the case names may appear. The fake
-web (tests/download_server.py, 127.0.0.1 only) misbehaves per path through ``Hostile``. Most cases
+web (tests/support/download_server.py, 127.0.0.1 only) misbehaves per path through ``Hostile``. Most cases
 call the CLI's ``main`` in this process (a thread with a time limit, so a hang fails the case);
 the ones about hangs run ``python -m kosmosg_core download`` as a subprocess with a timeout.
 Timeouts are set to 1-2 s through ``KOSMOSG_DOWNLOAD_TIMEOUT``; no test's outcome depends on timing.
@@ -19,8 +19,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from download_server import ENDLESS_MAX, Hostile, serve_models
-from hostile_harness import Canary, Outcome, assert_clear_error, run_cli
+
+from support.download_server import ENDLESS_MAX, Hostile, serve_models
+from support.hostile_harness import Canary, Outcome, assert_clear_error, run_cli
 
 from kosmosg_core.cli import main
 

@@ -9,7 +9,8 @@ import shutil
 
 import pytest
 
-from hostile_harness import Canary, assert_clear_error, run_cli
+from support.hostile_harness import Canary, assert_clear_error, run_cli
+
 from kosmosg_core.errors import CheckpointError
 from kosmosg_core.gill.checkpoint import check_llm_folder, check_vision_folder
 

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 import torch
 
-from hostile_harness import Canary, assert_clear_error, run_cli, run_python
+from support.hostile_harness import Canary, assert_clear_error, run_cli, run_python
+
 from kosmosg_core.errors import CheckpointError, ImageError, PromptError
 from kosmosg_core.image_processing import (
     MAX_IMAGE_PIXELS,

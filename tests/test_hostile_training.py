@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from hostile_harness import Canary, assert_clear_error, run_python
-from training_assets import CAPTIONS, image, write_kosmosg
+from support.hostile_harness import Canary, assert_clear_error, run_python
+from support.training_assets import CAPTIONS, image, write_kosmosg
 
 REPO = Path(__file__).resolve().parents[1]
 

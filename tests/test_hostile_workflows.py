@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO
-from hostile_harness import Canary, assert_clear_error, run_cli
+from support import REPO
+from support.hostile_harness import Canary, assert_clear_error, run_cli
 
 MULTI_ENTITY = REPO / "workflows" / "kosmos-g_multi-entity.json"
 BOOTED = ("output", "temp", "user", "custom_nodes", "models")  # what ComfyHost makes in its base folder
@@ -534,7 +534,7 @@ def test_image_list_refuses_a_bad_tensor(comfy):
 
 
 def test_graph_with_a_climbing_checkpoint_name_fails_validation_in_one_line(comfy):
-    from comfy_graphs import sd_graph
+    from support.comfy_graphs import sd_graph
 
     graph = sd_graph(seed=41)
     graph["ks"]["inputs"]["checkpoint"] = "../../../../etc/passwd"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from support import REPO
 
 VERSION = "0.33.0"
 TIER = Path(os.environ.get("KOSMOSG_COMFY033_DIR", REPO / ".hosts" / f"comfyui-{VERSION}"))

@@ -12,13 +12,13 @@ import json
 import os
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
 
-from conftest import REPO
+from support import REPO
 
 BIN = Path(sys.executable).parent
 PUBLISHED_ROOTS = {"__init__.py", "nodes", "kosmosg_core", "workflows", "README.md", "LICENSE", "pyproject.toml",

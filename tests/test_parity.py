@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, fixture_cases, require_shared
+from support import REPO, fixture_cases, require_fixture
 
 from kosmosg_core.cli import main
 
@@ -28,7 +28,7 @@ def encode_args(fixture, case, out, checkpoint=None):
 
 
 def test_fixtures_present():
-    require_shared("fixtures", "kosmosg-official-tiny", "cases.json")
+    require_fixture("kosmosg-official-tiny", "cases.json")
     assert CASES, "no Kosmos-G fixture cases found"
 
 

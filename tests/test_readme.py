@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO
-from download_server import serve_models
+from support import REPO
+from support.download_server import serve_models
 
 README = (REPO / "README.md").read_text()
 REPOSITORY_URL = "https://github.com/comfyui-kosmosg/ComfyUI-KosmosG"

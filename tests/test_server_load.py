@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comfy_graphs import read_images, sd_graph
+from support.comfy_graphs import read_images, sd_graph
 
 PROMPTS = [("<i> wearing <i>", ("dog.png", "hat.png")), ("a photo of <i> on the beach", ("cat.png",)),
            ("a red car in the snow", ()), ("<image2> next to <image1>", ("story_1.png", "story_2.png")),

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import require_shared
+from support import require_shared
 
 from kosmosg_core import KosmosGTokenizer, TokenizerError
 from kosmosg_core.tokenizer import FairseqDictionary

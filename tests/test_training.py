@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO
-from training_assets import write_kosmosg, write_sd, write_shards, write_teacher
+from support import REPO
+from support.training_assets import write_kosmosg, write_sd, write_shards, write_teacher
 
 
 @pytest.fixture(scope="module")
@@ -79,10 +79,11 @@ def test_stage3_learns_and_its_output_loads_in_the_core(assets, tmp_path):
 
 
 def test_stage3_prompt_rules():
+    from support.training_assets import image
+
     from training.data import Sample
-    from training.stage3_instruct import build_prompt
     from training.engine import sample_generator
-    from training_assets import image
+    from training.stage3_instruct import build_prompt
 
     crops = {"crop0": image(1), "crop0_white": image(2), "crop1": image(3), "crop1_white": image(4)}
     sample = Sample("k", {"kind": "composition", "caption": "a dog wearing a hat", "entities": [{"name": "hat"}, {"name": "dog"}]},
@@ -130,8 +131,9 @@ def test_fsdp_through_accelerate_on_cpu(assets, tmp_path):
 
 
 def test_shards_round_trip(tmp_path):
+    from support.training_assets import image
+
     from training.data import ShardDataset, ShardWriter
-    from training_assets import image
 
     with ShardWriter(str(tmp_path), per_shard=2) as writer:
         for i in range(5):
@@ -178,9 +180,10 @@ def test_gill_training_learns_and_its_release_loads(assets, tiny_gill_dirs, tmp_
 
 
 def test_convert_folder_and_jsonl(tmp_path):
+    from support.training_assets import image
+
     from training.convert_data import main
     from training.data import ShardDataset
-    from training_assets import image
 
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -200,8 +203,9 @@ def test_convert_folder_and_jsonl(tmp_path):
 def test_openimages_builder_with_stand_in_models():
     import numpy as np
 
+    from support.training_assets import image
+
     from training.build_openimages import clean_entities, compose_sample
-    from training_assets import image
 
     assert clean_entities("a red dog and a dog house", ["red", "dog house", "dog", "cat"]) == ["dog house"]
 

@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ADDRESS_SPACE_CAP = 8 << 30  # torch alone maps ~2 GiB of address space; a blow-up asks for far more
 CASE_TIMEOUT_S = 180  # generous: a hang is forever, a slow 2-core CI machine is not
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import psutil
 
-from comfy_graphs import write_input_images
-from conftest import REPO
+from support import REPO
+from support.comfy_graphs import write_input_images
 
 SERVE = Path(__file__).with_name("serve_comfy.py")
 

@@ -40,7 +40,7 @@ def write_sd(folder: str, context: int = 768) -> str:
     from diffusers import PNDMScheduler
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    import training_assets
+    from support import training_assets
 
     training_assets.write_sd(folder, context)
     PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,

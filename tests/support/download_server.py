@@ -6,7 +6,7 @@ answers ``/HOST/PATH`` (the query is ignored). It speaks just the HTTP the real 
 ``Content-MD5``, and the Hugging Face hub (the tree API's JSON listing, and ``resolve`` URLs that
 redirect LFS files to a CDN host with the sha256 in ``X-Linked-Etag``).
 
-    from download_server import serve_models
+    from support.download_server import serve_models
 
     with serve_models() as web:        # every file of kosmos-g, gill and sd15, small ones
         subprocess.run([sys.executable, "-m", "kosmosg_core", "download", "gill",
@@ -35,7 +35,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from conftest import require_shared
+from support import require_fixture
 
 from kosmosg_core.download import MANIFEST, HubRepo
 
@@ -282,10 +282,10 @@ def _folder(path: Path) -> dict[str, bytes]:
 
 def serve_models() -> FakeWeb:
     """A FakeWeb holding every MANIFEST source, made of the small official-format fixtures in
-    ../shared. The hub repos also hold files the downloader must skip (other weight formats,
+    tests/data/fixtures. The hub repos also hold files the downloader must skip (other weight formats,
     subfolders, other checkpoints); ``web.models`` lists only what must be downloaded."""
-    kosmos = require_shared("fixtures", "kosmosg-official-tiny")
-    gill = require_shared("fixtures", "gill-official-tiny")
+    kosmos = require_fixture("kosmosg-official-tiny")
+    gill = require_fixture("gill-official-tiny")
     # The tiny checkpoint's own tokenizer (307 entries): the real 64,007-entry one in
     # ../shared/reference does not fit the tiny checkpoint, and the download must load.
     plain = {
