@@ -2,8 +2,9 @@
 # The prepared GPU check (issue 19): one command, one JSON and one log.
 #
 #   bash scripts/device_check.sh --prepare          here, with network: fills .device/ (what travels to the GPU
-#                                                   machine: wheels, the ComfyUI 0.33.0 tree, the fixtures) and
-#                                                   prints the size of everything that travels
+#                                                   machine: wheels, the ComfyUI 0.33.0 tree; the fixtures travel
+#                                                   in the working tree, tests/data/fixtures) and prints the size
+#                                                   of everything that travels
 #   bash scripts/device_check.sh --out "$OUT"       on the GPU machine, with .device carried: installs what it
 #                                                   carries, then runs every section at the real sizes
 #   bash scripts/device_check.sh --tiny --out DIR   on a CPU: the same code at tiny sizes (tests/test_device_check.py)
@@ -54,7 +55,7 @@ prepare() {
     sha=$(sed -n 's/^COMFY033_SHA256=//p' scripts/run.sh)
     git check-ignore -q "$DEVICE_DIR/x" || echo "/${DEVICE_DIR#./}/" >> "$(git rev-parse --git-path info/exclude)"
     rm -rf "$DEVICE_DIR"
-    mkdir -p "$DEVICE_DIR/whl" "$DEVICE_DIR/shared/fixtures"
+    mkdir -p "$DEVICE_DIR/whl"
     # the device's Python is 3.12; comfy-kitchen is also fetched for 3.11, this machine's, for the simulated run
     download 3.12 "transformers==$transformers" $HOST_WHEELS $EXTRA_WHEELS
     download 3.11 comfy-kitchen==0.2.31
@@ -69,7 +70,6 @@ prepare() {
         exit 1
     fi
     cp "$COMFY_TARBALL" "$DEVICE_DIR/"
-    cp -r ../shared/fixtures/kosmosg-official-tiny ../shared/fixtures/gill-official-tiny "$DEVICE_DIR/shared/fixtures/"
     local carried tree
     carried=$(du -sb "$DEVICE_DIR" | cut -f1)
     tree=$( (git ls-files -z; git ls-files -z -o --exclude-standard) | du -cb --files0-from=- 2>/dev/null | tail -1 | cut -f1)
@@ -79,7 +79,7 @@ prepare() {
                d, s, c / m, t / m, (c + t) / m }'
 }
 
-install_carried() {  # wheels into their own folder, ComfyUI unpacked, fixtures pointed at
+install_carried() {  # wheels into their own folder, ComfyUI unpacked (the tests find tests/data/fixtures)
     local site=${KOSMOSG_DEVICE_SITE:-/tmp/kosmosg-device-site} start=$SECONDS
     if [ -d "$DEVICE_DIR/whl" ]; then
         rm -rf "$site"
@@ -95,10 +95,6 @@ install_carried() {  # wheels into their own folder, ComfyUI unpacked, fixtures 
         tar -xzf "$DEVICE_DIR/comfyui-0.33.0.tar.gz" -C "$root"
         export COMFYUI_PATH="$root/comfyui-0.33.0"
         echo "ComfyUI 0.33.0 unpacked at $COMFYUI_PATH"
-    fi
-    if [ -d "$DEVICE_DIR/shared/fixtures" ]; then
-        KOSMOSG_SHARED="$(cd "$DEVICE_DIR/shared" && pwd)"
-        export KOSMOSG_SHARED
     fi
     # PyAV (36 MB) cannot travel; ComfyUI 0.33.0 imports it at start-up for video/audio types only
     if ! "$PYTHON" -c "import av" 2>/dev/null; then

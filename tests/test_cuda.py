@@ -2,8 +2,8 @@
 paths there, and the nodes' placement inside a ComfyUI that runs on the GPU.
 
 Marked ``cuda``; without a GPU every test here skips (none passes without running). They run on
-the device machine through scripts/device_check.sh (section ``cuda_tests``: ``pytest -m cuda``),
-which points KOSMOSG_SHARED at the carried copy of the fixtures.
+the device machine through scripts/device_check.sh (section ``cuda_tests``: ``pytest -m cuda``), on the
+fixtures in tests/data/fixtures (they travel with the working tree).
 """
 
 from __future__ import annotations
