@@ -20,7 +20,8 @@ def test_missing_checkpoint_says_what_to_download(tmp_path):
 @pytest.mark.parametrize("keys,expected", [
     ({"model.diffusion_model.input_blocks.0.0.weight": (4,), "first_stage_model.decoder.conv_in.weight": (4,)},
      "Stable Diffusion checkpoint.*Load Checkpoint"),
-    ({"visual.conv1.weight": (4,), "visual.transformer.resblocks.0.ln_1.weight": (4,)}, "ViT-L-14-sd.pt.*checkpoint_final.pt"),
+    ({"visual.conv1.weight": (4,), "visual.transformer.resblocks.0.ln_1.weight": (4,)},
+     "ViT-L-14-sd.pt.*checkpoint_final.pt"),
     ({"model.gen_text_hidden_fcs.0.fc.weight": (4,), "model.input_embeddings.weight": (4,)}, "GILL checkpoint"),
     ({"foo.bar": (4,)}, r"not a Kosmos-G checkpoint: its weights are named foo\.\*"),
 ])

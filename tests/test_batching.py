@@ -12,7 +12,7 @@ def test_batch_equals_one_by_one(fixture_encoder, official_fixture):
     negatives = ["", "blurry, low quality", None, "ugly"]
     batch = fixture_encoder.encode_batch(prompts, image_lists, negatives)
     assert batch.cond.shape[0] == batch.uncond.shape[0] == len(prompts)
-    for i, (prompt, imgs, negative) in enumerate(zip(prompts, image_lists, negatives)):
+    for i, (prompt, imgs, negative) in enumerate(zip(prompts, image_lists, negatives, strict=True)):
         single = fixture_encoder.encode(prompt, imgs, negative)
         assert (batch.cond[i] - single.cond[0]).abs().max().item() <= 1e-5, prompt
         assert (batch.uncond[i] - single.uncond[0]).abs().max().item() <= 1e-5, negative

@@ -46,7 +46,8 @@ GRAPH_PROBLEMS = """() => {
     const output = from?.outputs?.[link.origin_slot], input = to?.inputs?.[link.target_slot];
     if (!output || !input) { problems.push(`link ${link.id} points at nothing`); continue; }
     if (!LiteGraph.isValidConnection(output.type, input.type))
-      problems.push(`link ${link.id}: ${from.type}.${output.name} (${output.type}) -> ${to.type}.${input.name} (${input.type})`);
+      problems.push(`link ${link.id}: ${from.type}.${output.name} (${output.type}) -> `
+                    + `${to.type}.${input.name} (${input.type})`);
   }
   return problems;
 }"""

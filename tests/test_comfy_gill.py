@@ -22,7 +22,8 @@ def gill_graph(head: dict, positive, seed: int = 1) -> dict:
         "neg": node("CLIPTextEncode", clip=["ckpt", 1], text=""),
         "latent": node("EmptyLatentImage", width=64, height=64, batch_size=1),
         "sampler": node("KSampler", model=["ckpt", 0], seed=seed, steps=2, cfg=7.5, sampler_name="euler",
-                        scheduler="normal", positive=positive, negative=["neg", 0], latent_image=["latent", 0], denoise=1.0),
+                        scheduler="normal", positive=positive, negative=["neg", 0], latent_image=["latent", 0],
+                        denoise=1.0),
         "decode": node("VAEDecode", samples=["sampler", 0], vae=["ckpt", 2]),
         "save": node("SaveImage", images=["decode", 0], filename_prefix="gill"),
     }

@@ -62,7 +62,7 @@ def interface(info: dict) -> dict:
               for section, names in info["input_order"].items() if names}
     found = {
         "display_name": info["display_name"], "category": info["category"], "description": info["description"],
-        "inputs": inputs, "outputs": [list(pair) for pair in zip(info["output_name"], info["output"])],
+        "inputs": inputs, "outputs": [list(pair) for pair in zip(info["output_name"], info["output"], strict=True)],
         "output_is_list": list(info["output_is_list"]), "output_node": bool(info["output_node"]),
     }
     return json.loads(json.dumps(found))  # tuples become lists, as in the snapshot
@@ -120,7 +120,7 @@ def test_every_node_input_and_output_is_described(comfy):
                 assert isinstance(tooltip, str) and tooltip.strip(), f"{name}.{input_name} has no tooltip"
         tooltips = info.get("output_tooltips") or []
         assert len(tooltips) == len(info["output"]), name
-        for output_name, tooltip in zip(info["output_name"], tooltips):
+        for output_name, tooltip in zip(info["output_name"], tooltips, strict=True):
             assert isinstance(tooltip, str) and tooltip.strip(), f"{name} output {output_name} has no tooltip"
 
 

@@ -85,8 +85,10 @@ def test_core_conditioning_nodes_ksampler_advanced_and_batch(comfy):
     graph["cna"]["inputs"]["positive"] = ["concat", 0]
     graph["latent"]["inputs"]["batch_size"] = 2
     inputs = graph["sampler"]["inputs"]
-    graph["sampler"] = node("KSamplerAdvanced", model=inputs["model"], add_noise="enable", noise_seed=8, steps=2, cfg=5.0,
-                            sampler_name="euler", scheduler="normal", positive=inputs["positive"], negative=inputs["negative"],
+    graph["sampler"] = node("KSamplerAdvanced", model=inputs["model"], add_noise="enable", noise_seed=8, steps=2,
+                            cfg=5.0,
+                            sampler_name="euler", scheduler="normal", positive=inputs["positive"],
+                            negative=inputs["negative"],
                             latent_image=inputs["latent_image"], start_at_step=0, end_at_step=10000,
                             return_with_leftover_noise="disable")
     images = read_images(comfy, run_ok(comfy, graph))
@@ -267,7 +269,8 @@ def test_encode_reports_progress_per_layer(comfy):
 
 def test_int8_loader_option_feeds_the_sampler(comfy):
     graph = sd_graph(seed=8)
-    graph["ks8"] = node("KosmosGLoader", checkpoint=KOSMOSG_CHECKPOINT, dtype="auto", device="auto", quantization="int8")
+    graph["ks8"] = node("KosmosGLoader", checkpoint=KOSMOSG_CHECKPOINT, dtype="auto", device="auto",
+                        quantization="int8")
     graph["enc8"] = node("KosmosGEncode", kosmos_g=["ks8", 0], prompt="<i> wearing <i>", negative="",
                          image_1=["img1", 0], image_2=["img2", 0])
     graph["sampler"]["inputs"]["positive"] = ["enc8", 0]

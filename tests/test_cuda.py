@@ -23,7 +23,8 @@ from test_parity import CLOSE, EXACT, TOLERANCE, encode_args
 from kosmosg_core.cli import main
 
 pytestmark = [pytest.mark.cuda,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/device_check.sh runs it)")]
+              pytest.mark.skipif(not torch.cuda.is_available(),
+                                 reason="needs a CUDA GPU (scripts/device_check.sh runs it)")]
 
 CASES = fixture_cases()
 GILL_CASES = [(d, c) for d in gill_fixture_dirs() for c in json.loads((d / "cases.json").read_text())]
@@ -105,7 +106,8 @@ def test_gill_matches_official_on_cuda(fixture, case, tmp_path):
 def test_gill_kv_cache_matches_recomputation_on_cuda(gill_fixture):
     from kosmosg_core.gill import load_gill
 
-    gill = load_gill(str(gill_fixture), str(gill_fixture / "llm"), str(gill_fixture / "vision"), dtype="bf16", device="cuda")
+    gill = load_gill(str(gill_fixture), str(gill_fixture / "llm"), str(gill_fixture / "vision"), dtype="bf16",
+                     device="cuda")
     images = [gill_fixture / "images" / "sunset.png"]
     prompt = "a man walks his dog on the beach. <i> they reach"
     cached = gill.generate(prompt, images, max_new_tokens=12, stop_at_newline=False)

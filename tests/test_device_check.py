@@ -152,7 +152,8 @@ def test_junit_summary_counts_and_names_failures(tmp_path):
     xml.write_text(
         '<testsuites><testsuite name="pytest" tests="3">'
         '<testcase classname="test_cuda" name="test_a"/>'
-        '<testcase classname="test_cuda" name="test_b"><failure message="assert 1 == 2&#10;more">trace</failure></testcase>'
+        '<testcase classname="test_cuda" name="test_b">'
+        '<failure message="assert 1 == 2&#10;more">trace</failure></testcase>'
         '<testcase classname="test_cuda" name="test_c"><skipped message="needs a CUDA GPU"/></testcase>'
         "</testsuite></testsuites>")
     summary = summarize(str(xml))
@@ -165,7 +166,8 @@ def test_pyav_stand_in_imports_everything_and_refuses_any_use():
     code = ("import av\nfrom av.container import InputContainer\nfrom av.video.reformatter import ColorPrimaries\n"
             "assert ColorPrimaries.BT709 is ColorPrimaries\n"
             "for call in (lambda: av.open('x.mp4'), lambda: InputContainer(), lambda: av.AudioFrame()):\n"
-            "    try:\n        call()\n    except RuntimeError as exc:\n        assert 'PyAV is not installed' in str(exc)\n"
+            "    try:\n        call()\n"
+            "    except RuntimeError as exc:\n        assert 'PyAV is not installed' in str(exc)\n"
             "    else:\n        raise SystemExit('no error')\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(REPO / "scripts" / "device_stubs")})

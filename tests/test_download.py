@@ -117,7 +117,8 @@ def test_download_sd15_only_the_checkpoint_mirror_from_env(downloaded):
     assert "CreativeML OpenRAIL-M" in done.stdout
 
 
-@pytest.mark.parametrize("model, label", [("kosmos-g", CHECKPOINT), ("sd15", SD15)], ids=["azure-md5", "hub-lfs-sha256"])
+@pytest.mark.parametrize("model, label", [("kosmos-g", CHECKPOINT), ("sd15", SD15)],
+                         ids=["azure-md5", "hub-lfs-sha256"])
 def test_interrupted_download_resumes_with_range(web, tmp_path, capsys, monkeypatch, model, label):
     """One try (no automatic retry): the next run resumes where the first stopped."""
     monkeypatch.setenv("KOSMOSG_DOWNLOAD_ATTEMPTS", "1")
@@ -200,7 +201,8 @@ def test_offline_keeps_the_partial_file(tmp_path, capsys):
     partial.write_bytes(b'{"half')
     code, _, err = run_here(capsys, "gill", "--dest", str(tmp_path), "--mirror", closed_port_url())
     assert_one_line_error(code, err, "cannot reach", f"The partial file {partial} is kept")
-    assert partial.read_bytes() == b'{"half' and files_under(tmp_path) == {"gill/gill_opt/model_args.json.partial": b'{"half'}
+    assert partial.read_bytes() == b'{"half'
+    assert files_under(tmp_path) == {"gill/gill_opt/model_args.json.partial": b'{"half'}
 
 
 def test_http_404_names_the_url(web, tmp_path, capsys):
@@ -224,7 +226,8 @@ def test_sha256_from_x_linked_etag_on_the_redirect(web, tmp_path):
 
 
 def test_hub_file_choice():
-    decoys = ["tf_model.h5", "flax_model.msgpack", "onnx/model.onnx", "README.md", ".gitattributes", "tf_model.h5.index.json"]
+    decoys = ["tf_model.h5", "flax_model.msgpack", "onnx/model.onnx", "README.md", ".gitattributes",
+              "tf_model.h5.index.json"]
     assert wanted_files(["config.json", "merges.txt", "model.safetensors", "pytorch_model.bin",
                          "pytorch_model.bin.index.json", *decoys]) == ["config.json", "merges.txt", "model.safetensors"]
     shards = ["pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin"]

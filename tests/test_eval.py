@@ -61,8 +61,8 @@ def pixels(path) -> np.ndarray:
 
 def test_dreambench_end_to_end_resumes_and_batches_like_single_runs(env, capsys):
     out = env["root"] / "out_dreambench"
-    argv = ["dreambench", "--data", env["dreambench"], "--sd", env["sd"], "--checkpoint", env["kosmos"], "--out", str(out),
-            "--dino", env["dino"], "--clip", env["clip"], "--limit", "3", "--batch-size", "2", *FAST]
+    argv = ["dreambench", "--data", env["dreambench"], "--sd", env["sd"], "--checkpoint", env["kosmos"], "--out",
+            str(out), "--dino", env["dino"], "--clip", env["clip"], "--limit", "3", "--batch-size", "2", *FAST]
     summary = run_eval(argv, capsys)
     result, table = load_results(out)
     images = sorted((out / "images").iterdir())
@@ -119,8 +119,8 @@ def test_vist_end_to_end(env, capsys, context, published, items):
 
 def test_visdial_end_to_end(env, capsys):
     out = env["root"] / "out_visdial"
-    run_eval(["visdial", "--data", env["visdial"], "--sd", env["sd"], *env["gill"], "--out", str(out), "--clip", env["clip"],
-              "--rounds", "5", "--batch-size", "2", *FAST], capsys)
+    run_eval(["visdial", "--data", env["visdial"], "--sd", env["sd"], *env["gill"], "--out", str(out), "--clip",
+              env["clip"], "--rounds", "5", "--batch-size", "2", *FAST], capsys)
     result, table = load_results(out)
     assert result["items"] == 3 and result["variant"] == {"rounds": 5}
     assert "| GILL | 0.621 | 0.718 |" in table and "| Stable Diffusion | 0.629 | 0.722 |" in table
@@ -128,8 +128,8 @@ def test_visdial_end_to_end(env, capsys):
 
 
 def test_score_only_without_images_is_a_clear_error(env, capsys):
-    code = cli.main(["eval", "visdial", "--data", env["visdial"], "--sd", env["sd"], *env["gill"], "--clip", env["clip"],
-                     "--out", str(env["root"] / "empty"), "--score-only", *FAST])
+    code = cli.main(["eval", "visdial", "--data", env["visdial"], "--sd", env["sd"], *env["gill"], "--clip",
+                     env["clip"], "--out", str(env["root"] / "empty"), "--score-only", *FAST])
     assert code == 2
     assert "generated image(s) are missing" in capsys.readouterr().err
 
@@ -141,8 +141,8 @@ def test_gill_protocol_needs_its_three_folders(env, capsys):
 
 
 def test_sd_folder_is_checked(env, capsys, tmp_path):
-    code = cli.main(["eval", "dreambench", "--data", env["dreambench"], "--sd", str(tmp_path), "--checkpoint", env["kosmos"],
-                     "--out", str(tmp_path / "o"), *FAST])
+    code = cli.main(["eval", "dreambench", "--data", env["dreambench"], "--sd", str(tmp_path), "--checkpoint",
+                     env["kosmos"], "--out", str(tmp_path / "o"), *FAST])
     assert code == 2 and "not a diffusers Stable Diffusion 1.5 folder" in capsys.readouterr().err
 
 
@@ -251,13 +251,15 @@ def test_fid_is_zero_for_identical_sets_and_matches_the_formula(env):
 def test_clip_scores_identical_images_one_and_text_cosine_matches_the_model(env):
     scorer = ClipScorer(env["clip"])
     images = sample_images(3)
-    assert torch.allclose(cosine(scorer.image_features(images), scorer.image_features(images)), torch.ones(3), atol=1e-5)
+    assert torch.allclose(cosine(scorer.image_features(images), scorer.image_features(images)), torch.ones(3),
+                          atol=1e-5)
     texts = ["a dog on a beach", "a red car", "two cats"]
     ours = cosine(scorer.image_features(images), scorer.text_features(texts))
     inputs = scorer.tokenizer(texts, padding=True, return_tensors="pt")
     pixels_ = scorer.processor(images=images, return_tensors="pt").pixel_values
     with torch.no_grad():
-        logits = scorer.model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, pixel_values=pixels_).logits_per_image
+        logits = scorer.model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask,
+                              pixel_values=pixels_).logits_per_image
     expected = torch.diagonal(logits / scorer.model.logit_scale.exp())
     assert torch.allclose(ours, expected, atol=1e-5)
 
@@ -283,8 +285,10 @@ def test_lpips_is_zero_for_identical_images_and_matches_a_hand_computation(env):
     # by hand: AlexNet relu1..relu5 features of [-1, 1] inputs shifted and scaled, unit-normalised
     # over channels, squared differences weighted by LPIPS' linear layers, averaged over space, summed
     net = alexnet()
-    net.load_state_dict(torch.load(os.path.join(os.environ["TORCH_HOME"], "hub", "checkpoints", "alexnet-owt-7be5be79.pth")))
-    lin = torch.load(os.path.join(os.path.dirname(torchmetrics.__file__), "functional", "image", "lpips_models", "alex.pth"),
+    net.load_state_dict(torch.load(os.path.join(os.environ["TORCH_HOME"], "hub", "checkpoints",
+                                                "alexnet-owt-7be5be79.pth")))
+    lin = torch.load(os.path.join(os.path.dirname(torchmetrics.__file__), "functional", "image", "lpips_models",
+                                  "alex.pth"),
                      map_location="cpu")
     shift = torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1)
     scale = torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1)
@@ -301,7 +305,7 @@ def test_lpips_is_zero_for_identical_images_and_matches_a_hand_computation(env):
 
     with torch.no_grad():
         expected = sum((((fa - fb) ** 2) * lin[f"lin{n}.model.1.weight"]).sum(1).mean((1, 2))
-                       for n, (fa, fb) in enumerate(zip(features(gen), features(ref))))
+                       for n, (fa, fb) in enumerate(zip(features(gen), features(ref), strict=True)))
     assert torch.allclose(ours, expected, rtol=1e-4)
 
 
@@ -323,7 +327,8 @@ def test_accelerate_launch_splits_items_and_gives_the_single_process_images(env,
     import subprocess
     import sys
 
-    common = ["visdial", "--data", env["visdial"], "--sd", env["sd"], *env["gill"], "--clip", env["clip"], "--rounds", "1", *FAST]
+    common = ["visdial", "--data", env["visdial"], "--sd", env["sd"], *env["gill"], "--clip", env["clip"], "--rounds",
+              "1", *FAST]
     single = env["root"] / "out_single"
     run_eval([*common, "--out", str(single)], capsys)
     launched = env["root"] / "out_launched"

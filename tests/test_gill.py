@@ -41,7 +41,8 @@ def test_cli_matches_official_gill(fixture, case, tmp_path):
     expected = {k.split(".", 1)[1]: v for k, v in load_file(fixture / "expected.safetensors").items()
                 if k.startswith(case["name"] + ".")}
     out = tmp_path / "gill.safetensors"
-    assert main(["encode", "--backend", "gill", *gill_args(fixture, case, "--out", str(out), "--dump-intermediates")]) == 0
+    assert main(["encode", "--backend", "gill",
+                 *gill_args(fixture, case, "--out", str(out), "--dump-intermediates")]) == 0
     got = load_file(out)
     assert torch.equal(got["input_ids"], expected["input_ids"])
     for key in CLOSE:
@@ -73,7 +74,7 @@ def test_kv_cache_matches_full_recomputation_and_forced_slot_matches_encode(gill
     slot, _ = gill.encode(prompt, images)  # the block right after the prompt == the single forward pass
     assert (forced.slots[0].cond - slot.cond).abs().max().item() <= 1e-4
     recomputed = gill.generate(prompt, images, max_new_tokens=3, gen_scale=1e5, stop_at_newline=False, use_cache=False)
-    for a, b in zip(forced.slots, recomputed.slots):
+    for a, b in zip(forced.slots, recomputed.slots, strict=True):
         assert (a.cond - b.cond).abs().max().item() <= 1e-4
     assert forced.text == "<i><i><i>"
 
@@ -117,7 +118,8 @@ def test_kv_cache_is_a_transformers_cache_passed_without_deprecated_arguments(gi
     def about_the_cache(message: str) -> bool:
         return "past_key_values" in message or ("cache" in message and "deprecat" in message.lower())
 
-    deprecations = [str(w.message) for w in caught if about_the_cache(str(w.message))] + list(filter(about_the_cache, logged))
+    deprecations = [str(w.message) for w in caught if about_the_cache(str(w.message))] + list(filter(about_the_cache,
+                                                                                                     logged))
     assert not deprecations, deprecations
 
 
@@ -144,9 +146,11 @@ def test_kv_cache_tests_pass_under_the_lowest_declared_transformers():
                              capture_output=True, text=True, cwd=REPO)
     from packaging.version import Version
 
-    assert version.returncode == 0 and Version(version.stdout.strip()) == Version(lowest), version.stdout + version.stderr
+    assert version.returncode == 0, version.stdout + version.stderr
+    assert Version(version.stdout.strip()) == Version(lowest), version.stdout
     env = {**os.environ, "KOSMOSG_LOWEST_TIER": "1"}
-    done = subprocess.run([str(python), "-m", "pytest", "tests/test_gill.py", "-k", "cache", "-q", "-p", "no:cacheprovider"],
+    done = subprocess.run([str(python), "-m", "pytest", "tests/test_gill.py", "-k", "cache", "-q", "-p",
+                           "no:cacheprovider"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert re.search(r"\b2 passed\b", done.stdout), done.stdout[-2000:]
@@ -155,7 +159,8 @@ def test_sampling_is_seeded_and_checks_its_settings(gill):
     a = gill.generate("A photo of", max_new_tokens=8, temperature=0.8, top_p=0.9, seed=3, stop_at_newline=False)
     b = gill.generate("A photo of", max_new_tokens=8, temperature=0.8, top_p=0.9, seed=3, stop_at_newline=False)
     assert torch.equal(a.ids, b.ids)
-    draws = {tuple(gill.generate("A photo of", max_new_tokens=8, temperature=1.5, seed=s, stop_at_newline=False).ids[0].tolist())
+    draws = {tuple(gill.generate("A photo of", max_new_tokens=8, temperature=1.5, seed=s,
+                                 stop_at_newline=False).ids[0].tolist())
              for s in range(4)}
     assert len(draws) > 1
     with pytest.raises(ValueError, match="top_p needs temperature"):
@@ -197,8 +202,8 @@ def test_retrieval_index_build_search_save_and_official_import(gill, gill_fixtur
 
 def test_cli_index_commands(gill_fixture, tmp_path):
     out = tmp_path / "idx.safetensors"
-    assert main(["gill-index", "build", str(gill_fixture / "images"), "--out", str(out), "--checkpoint", str(gill_fixture),
-                 "--llm", str(gill_fixture / "llm"), "--vision", str(gill_fixture / "vision")]) == 0
+    assert main(["gill-index", "build", str(gill_fixture / "images"), "--out", str(out), "--checkpoint",
+                 str(gill_fixture), "--llm", str(gill_fixture / "llm"), "--vision", str(gill_fixture / "vision")]) == 0
     assert len(RetrievalIndex.load(str(out)).paths) == 7
 
 
@@ -210,7 +215,8 @@ def _copy_release(fixture, tmp_path):
 
 def test_legacy_decision_model_is_detected_and_supported_with_an_index(gill_fixture, tmp_path):
     release = _copy_release(gill_fixture, tmp_path)
-    torch.save({"state_dict": {"1.weight": torch.randn(2, 129), "1.bias": torch.zeros(2)}}, release / "decision_model.pth.tar")
+    torch.save({"state_dict": {"1.weight": torch.randn(2, 129), "1.bias": torch.zeros(2)}},
+               release / "decision_model.pth.tar")
     gill = load_gill(str(release), str(gill_fixture / "llm"), str(gill_fixture / "vision"))
     slot, _ = gill.encode("A picture of")
     assert slot.decision is None and "needs a retrieval index" in slot.decision_note
@@ -268,7 +274,8 @@ def test_full_clip_model_folder_is_accepted(gill, gill_fixture, tmp_path):
 
     vision = CLIPVisionModel.from_pretrained(str(gill_fixture / "vision"))
     config = CLIPConfig(text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                                     "num_attention_heads": 1}, vision_config=vision.config.to_dict(), projection_dim=16)
+                                     "num_attention_heads": 1}, vision_config=vision.config.to_dict(),
+                                     projection_dim=16)
     full = CLIPModel(config)
     inner = getattr(vision, "vision_model", vision)  # transformers 5 flattened CLIPVisionModel
     full.vision_model.load_state_dict(inner.state_dict())

@@ -165,7 +165,8 @@ def test_module_persistent_id_after_build_writes_no_patch_file(tmp_path, fmt, mo
     """torch's legacy loader writes ``<name>.patch`` for 'module' ids; ours refuses them."""
     monkeypatch.chdir(tmp_path)
     canary = Canary(tmp_path)
-    module_id = T(P("module"), G("torch._utils", "_rebuild_tensor_v2"), P(str(tmp_path / "evil.py")), P("x = 1\n")) + b"Q"
+    module_id = T(P("module"), G("torch._utils", "_rebuild_tensor_v2"), P(str(tmp_path / "evil.py")),
+                  P("x = 1\n")) + b"Q"
     build = G("torch._utils", "_rebuild_tensor_v2") + P({"dump_patches": True}) + b"b"
     path = write_container(fmt, tmp_path / "evil.pt", [(P("a"), module_id)])
     path2 = write_container(fmt, tmp_path / "evil2.pt", [(P("a"), build), (P("b"), module_id)])

@@ -32,7 +32,8 @@ ARGS = "gill/gill_opt/model_args.json"
 PRETRAINED = "gill/gill_opt/pretrained_ckpt.pth.tar"
 SD15 = "checkpoints/v1-5-pruned-emaonly.safetensors"
 SD15_LISTING = "/huggingface.co/api/models/stable-diffusion-v1-5/stable-diffusion-v1-5/tree/main"
-HTML = b"<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body>Please log in to continue" + b" " * 200 + b"</body></html>\n"
+HTML = (b"<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body>Please log in to continue"
+        + b" " * 200 + b"</body></html>\n")
 FAST = {"KOSMOSG_DOWNLOAD_TIMEOUT": "2", "KOSMOSG_DOWNLOAD_ATTEMPTS": "2", "KOSMOSG_DOWNLOAD_RETRY_PAUSE": "0",
         "no_proxy": "127.0.0.1"}
 IN_PROCESS_LIMIT_S = 120  # a hang fails the case instead of the suite
@@ -290,7 +291,8 @@ def test_x_linked_etag_against_the_listing_is_refused(web, tmp_path, capsys):
     resolve = next(p for p, (loc, _) in web.redirects.items() if p.endswith("v1-5-pruned-emaonly.safetensors"))
     location, headers = web.redirects[resolve]
     web.redirects[resolve] = (location, {**headers, "X-Linked-Etag": '"' + "ab" * 32 + '"'})
-    assert_clear_error(download_here(capsys, "sd15", tmp_path, web), r"sha256 .*\(hub listing\), got abab.*X-Linked-Etag")
+    assert_clear_error(download_here(capsys, "sd15", tmp_path, web),
+                       r"sha256 .*\(hub listing\), got abab.*X-Linked-Etag")
     canary.check()
 
 

@@ -280,7 +280,8 @@ def test_lone_surrogate_in_negative_prompt(fixture_encoder):
 
 def test_cli_prompt_with_invalid_utf8_bytes(kosmos_release, official_fixture, tmp_path):
     prompt = os.fsdecode(b"<i> caf\xff")  # what the shell hands Python for a prompt that is not UTF-8
-    outcome = _encode_image(kosmos_release, official_fixture / "images" / "noise.png", tmp_path / "o.safetensors", prompt)
+    outcome = _encode_image(kosmos_release, official_fixture / "images" / "noise.png", tmp_path / "o.safetensors",
+                            prompt)
     assert_clear_error(outcome, r"lone surrogate .* at character 7")
 
 

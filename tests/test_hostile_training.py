@@ -82,7 +82,8 @@ def init(tmp_path_factory):
 
 def stage1(init, data, out, *extra, cwd=None):
     return run_python(["-m", "training.stage1_mllm", "--init", str(init), "--data", str(data), "--output-dir", str(out),
-                       "--batch-size", "2", "--max-steps", "1", "--warmup-steps", "0", *map(str, extra)], cwd=cwd or REPO)
+                       "--batch-size", "2", "--max-steps", "1", "--warmup-steps", "0", *map(str, extra)],
+                       cwd=cwd or REPO)
 
 
 def convert(*args, cwd=None):
@@ -91,8 +92,10 @@ def convert(*args, cwd=None):
 
 # -- shards: members that are refused --------------------------------------------------------------
 HOSTILE_MEMBERS = {
-    "dotdot": lambda tmp: [("../escaped.json", b'{"kind": "caption", "caption": "x"}'), ("../escaped.target.png", png_bytes())],
-    "absolute": lambda tmp: [(str(tmp / "abs.json"), b'{"kind": "caption", "caption": "x"}'), (str(tmp / "abs.target.png"), png_bytes())],
+    "dotdot": lambda tmp: [("../escaped.json", b'{"kind": "caption", "caption": "x"}'),
+                           ("../escaped.target.png", png_bytes())],
+    "absolute": lambda tmp: [(str(tmp / "abs.json"), b'{"kind": "caption", "caption": "x"}'),
+                             (str(tmp / "abs.target.png"), png_bytes())],
     "symlink": lambda tmp: [special("s.json", tarfile.SYMTYPE, "/etc/passwd"), ("s.target.png", png_bytes())],
     "hardlink": lambda tmp: [special("h.json", tarfile.LNKTYPE, "/etc/passwd"), ("h.target.png", png_bytes())],
     "chrdev": lambda tmp: [special("c.json", tarfile.CHRTYPE), ("c.target.png", png_bytes())],
@@ -185,19 +188,24 @@ def test_data_folder_without_shards(init, tmp_path):
 # -- samples that break the layout -----------------------------------------------------------------
 BAD_SAMPLES = {
     "json_invalid": ([("a.json", b"{not json"), ("a.target.png", png_bytes())], "JSON not valid"),
-    "json_not_utf8": ([("a.json", b'{"kind": "caption", "caption": "\xff\xfe"}'), ("a.target.png", png_bytes())], "not UTF-8"),
+    "json_not_utf8": ([("a.json", b'{"kind": "caption", "caption": "\xff\xfe"}'), ("a.target.png", png_bytes())],
+                      "not UTF-8"),
     "json_list": ([("a.json", b'["caption", "x"]'), ("a.target.png", png_bytes())], "not an object"),
     "json_deep": ([("a.json", b"[" * 100000 + b"]" * 100000), ("a.target.png", png_bytes())], "JSON"),
     "no_caption": ([("a.json", b'{"kind": "caption"}'), ("a.target.png", png_bytes())], "no caption"),
     "caption_number": ([("a.json", b'{"kind": "caption", "caption": 7}'), ("a.target.png", png_bytes())], "no caption"),
-    "caption_surrogate": ([("a.json", b'{"kind": "caption", "caption": "\\ud800"}'), ("a.target.png", png_bytes())], "no caption"),
+    "caption_surrogate": ([("a.json", b'{"kind": "caption", "caption": "\\ud800"}'), ("a.target.png", png_bytes())],
+                          "no caption"),
     "no_json": ([("a.target.png", png_bytes())], "without JSON"),
     "unknown_kind": ([("a.json", b'{"kind": "video", "caption": "x"}'), ("a.target.png", png_bytes())], "unknown kind"),
-    "interleaved_missing_image": ([("a.json", b'{"kind": "interleaved", "segments": [{"text": "a"}, {"image": "img0"}]}')],
+    "interleaved_missing_image": ([("a.json",
+                                    b'{"kind": "interleaved", "segments": [{"text": "a"}, {"image": "img0"}]}')],
                                   "segment image missing"),
-    "bomb_header": ([("a.json", b'{"kind": "caption", "caption": "x"}'), ("a.target.png", png_header_only(100_000, 100_000))],
+    "bomb_header": ([("a.json", b'{"kind": "caption", "caption": "x"}'),
+                     ("a.target.png", png_header_only(100_000, 100_000))],
                     "too many pixels"),
-    "thin_strip": ([("a.json", b'{"kind": "caption", "caption": "x"}'), ("a.target.png", png_header_only(1, 2_000_000))],
+    "thin_strip": ([("a.json", b'{"kind": "caption", "caption": "x"}'),
+                    ("a.target.png", png_header_only(1, 2_000_000))],
                    "more than 64:1"),
     "not_an_image": ([("a.json", b'{"kind": "caption", "caption": "x"}'), ("a.target.png", b"GIF89a nonsense")],
                      "unreadable image"),
@@ -295,7 +303,8 @@ SCRIPTS = {
 
 @pytest.mark.parametrize("module", sorted(SCRIPTS))
 def test_every_training_script_checks_its_steps(module, tmp_path):
-    done = run_python(["-m", module, *SCRIPTS[module], "--output-dir", str(tmp_path / "out"), "--max-steps", "0"], cwd=REPO)
+    done = run_python(["-m", module, *SCRIPTS[module], "--output-dir", str(tmp_path / "out"), "--max-steps", "0"],
+                      cwd=REPO)
     assert_clear_error(done, "--max-steps")
     assert not (tmp_path / "out").exists()
 
@@ -362,7 +371,7 @@ def test_two_processes_each_print_one_line(tmp_path):
     done = run_python(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                        str(29800 + os.getpid() % 100), "-m", "training.stage1_mllm", "--init", "x", "--data", "x",
                        "--output-dir", str(tmp_path / "out"), "--batch-size", "0"], cwd=REPO)
-    lines = [l for l in done.stderr.splitlines() if l.startswith("error: --batch-size")]
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error: --batch-size")]
     assert len(lines) == 2 and done.returncode != 0, done.describe()
     assert 'File "' + str(REPO / "training") not in done.stderr, done.describe()  # no traceback of ours
 
@@ -428,7 +437,8 @@ def test_convert_bad_jsonl_line_writes_nothing(case, photos, tmp_path):
     assert not list((tmp_path / "shards").glob("*")) if (tmp_path / "shards").exists() else True
 
 
-@pytest.mark.parametrize("case", ["caption_not_utf8", "image_fifo", "image_bomb", "image_strip_ok_header", "jsonl_fifo"])
+@pytest.mark.parametrize("case",
+                         ["caption_not_utf8", "image_fifo", "image_bomb", "image_strip_ok_header", "jsonl_fifo"])
 def test_convert_bad_input_file_is_one_line(case, photos, tmp_path):
     source = ["--folder", photos]
     if case == "caption_not_utf8":

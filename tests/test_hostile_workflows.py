@@ -86,11 +86,13 @@ def api(**nodes) -> dict:
 
 
 def load_and_save(image) -> dict:
-    return api(load=("LoadImage", {"image": image}), save=("SaveImage", {"images": ["load", 0], "filename_prefix": "x"}))
+    return api(load=("LoadImage", {"image": image}),
+               save=("SaveImage", {"images": ["load", 0], "filename_prefix": "x"}))
 
 
 def ui(nodes: list, links: list | None = None) -> dict:
-    return {"last_node_id": 9, "last_link_id": 9, "nodes": nodes, "links": [] if links is None else links, "version": 0.4}
+    return {"last_node_id": 9, "last_link_id": 9, "nodes": nodes, "links": [] if links is None else links,
+            "version": 0.4}
 
 
 def ui_node(node_id, kind="SaveImage", **extra) -> dict:
@@ -121,7 +123,8 @@ FILE_CASES = {
     "not-utf8": (b'{"nodes": "\xff\xfe"}', r"not UTF-8"),
     "deep-nesting": ("[" * 200_000 + "]" * 200_000, r"nests JSON deeper"),
     "nan-constant": ('{"1": {"class_type": "SaveImage", "inputs": {"x": NaN}}}', r"NaN"),
-    "huge-integer": ('{"1": {"class_type": "SaveImage", "inputs": {"x": ' + "9" * 5000 + "}}}", r"value JSON cannot hold"),
+    "huge-integer": ('{"1": {"class_type": "SaveImage", "inputs": {"x": ' + "9" * 5000 + "}}}",
+                     r"value JSON cannot hold"),
     "empty-object": ({}, r"no nodes"),
     "prompt-request-body": ({"prompt": load_and_save("dog.png"), "client_id": "x"}, r"/prompt request body"),
     "api-node-without-class-type": (api(a=("SaveImage", {})) | {"b": {"inputs": {}}}, r"'b' is not a node"),
@@ -340,7 +343,8 @@ def _edit(path: str, value):
 
 
 CONVERTER_CASES = {
-    "widget-overflow": (_edit("nodes.0.widgets_values", ["b.pt", 0.5, "extra"]), r"3 widget values but Loader here takes 2"),
+    "widget-overflow": (_edit("nodes.0.widgets_values", ["b.pt", 0.5, "extra"]),
+                        r"3 widget values but Loader here takes 2"),
     "widget-overflow-seed": (_edit("nodes.1.widgets_values", [5, "fixed", 3, 4, 5]), r"5 widget values"),
     "widget-list-smuggles-a-link": (_edit("nodes.0.widgets_values", [["2", 0], 0.5]), r"holds the list"),
     "unknown-type": (_edit("nodes.0.type", "EvilNode"), r"'EvilNode', which is not installed"),

@@ -21,8 +21,8 @@ from support import REPO
 
 VERSION = "0.33.0"
 TIER = Path(os.environ.get("KOSMOSG_COMFY033_DIR", REPO / ".hosts" / f"comfyui-{VERSION}"))
-COMFY_TESTS = ["test_runner.py", "test_comfy_workflows.py", "test_comfy_nodes.py", "test_comfy_gill.py", "test_comfy_interface.py",
-               "test_server_load.py", "test_browser.py"]
+COMFY_TESTS = ["test_runner.py", "test_comfy_workflows.py", "test_comfy_nodes.py", "test_comfy_gill.py",
+               "test_comfy_interface.py", "test_server_load.py", "test_browser.py"]
 
 
 def tier_python() -> Path:

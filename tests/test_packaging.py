@@ -114,7 +114,8 @@ def test_published_code_imports_nothing_from_tests_or_training(published):
 def test_published_copy_runs_a_workflow_on_its_own(published, tmp_path):
     """Only the archive's files: ComfyUI loads the pack from it and runs an example workflow."""
     done = subprocess.run([str(BIN / "python"), "-m", "kosmosg_core", "workflow",
-                           "workflows/kosmos-g_multi-entity.json", "--offline-smoke", "--base-dir", str(tmp_path / "base")],
+                           "workflows/kosmos-g_multi-entity.json", "--offline-smoke", "--base-dir",
+                           str(tmp_path / "base")],
                           cwd=published, env=clean_env(tmp_path), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     saved = [line for line in done.stdout.splitlines() if line.startswith("image saved: ")]

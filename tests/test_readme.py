@@ -69,11 +69,13 @@ def run_block(sandbox, body: str, timeout: int = 900) -> subprocess.CompletedPro
     env["PATH"] = f"{sandbox.path / '.venv' / 'bin'}{os.pathsep}{env['PATH']}"
     env["KOSMOSG_DOWNLOAD_MIRROR"] = sandbox.web.url
     script = "set -euo pipefail\n" + body.replace(REPOSITORY_URL, f"{REPO} {REPOSITORY_URL.rsplit('/', 1)[1]}")
-    return subprocess.run(["bash", "-c", script], cwd=sandbox.path, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(["bash", "-c", script], cwd=sandbox.path, env=env, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def assert_ran(done: subprocess.CompletedProcess, body: str) -> None:
-    assert done.returncode == 0, f"README block failed:\n{body}\n--- stdout\n{done.stdout[-3000:]}\n--- stderr\n{done.stderr[-3000:]}"
+    assert done.returncode == 0, (f"README block failed:\n{body}\n"
+                                  f"--- stdout\n{done.stdout[-3000:]}\n--- stderr\n{done.stderr[-3000:]}")
 
 
 def test_quick_start_is_the_two_commands_ci_runs():
@@ -92,7 +94,8 @@ def test_every_block_runs(sandbox, comfy):
     install = next(b for b in blocks if "git clone" in b)
     assert_ran(run_block(sandbox, install), install)
     models = sandbox.path / "ComfyUI" / "models"
-    assert (models / "kosmos_g" / "checkpoint_final.pt").read_bytes() == sandbox.web.models["kosmos-g"]["kosmos_g/checkpoint_final.pt"]
+    served = sandbox.web.models["kosmos-g"]["kosmos_g/checkpoint_final.pt"]
+    assert (models / "kosmos_g" / "checkpoint_final.pt").read_bytes() == served
     assert (models / "checkpoints" / "v1-5-pruned-emaonly.safetensors").is_file()
 
     convert = next(b for b in blocks if " convert " in b)

@@ -97,4 +97,5 @@ def test_final_file_with_sd_copies_and_optimizer_state_loads(tmp_path, tiny_toke
     reference = load_kosmosg(path, tokenizer=str(tiny_tokenizer_dir)).encode("a dog").cond
     del state["diffusion_unet.unet.conv_in.weight"], state["vae.vae.decoder.conv_out.bias"]
     torch.save({"model": state}, tmp_path / "plain.pt")
-    assert torch.equal(reference, load_kosmosg(tmp_path / "plain.pt", tokenizer=str(tiny_tokenizer_dir)).encode("a dog").cond)
+    assert torch.equal(reference,
+                       load_kosmosg(tmp_path / "plain.pt", tokenizer=str(tiny_tokenizer_dir)).encode("a dog").cond)

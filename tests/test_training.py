@@ -86,7 +86,9 @@ def test_stage3_prompt_rules():
     from training.stage3_instruct import build_prompt
 
     crops = {"crop0": image(1), "crop0_white": image(2), "crop1": image(3), "crop1_white": image(4)}
-    sample = Sample("k", {"kind": "composition", "caption": "a dog wearing a hat", "entities": [{"name": "hat"}, {"name": "dog"}]},
+    sample = Sample("k",
+                    {"kind": "composition", "caption": "a dog wearing a hat",
+                     "entities": [{"name": "hat"}, {"name": "dog"}]},
                     {"target": image(0), **crops})
     seen = {build_prompt(sample, sample_generator(0, 0, i))[0] for i in range(40)}
     assert seen == {"a dog <i> wearing a hat <i>", "a  <i> wearing a  <i>"}  # entity words kept or dropped together
@@ -108,9 +110,11 @@ def test_two_processes_equal_one_with_the_same_global_batch(assets, tmp_path):
 
 
 def test_killed_run_resumes_to_the_same_weights(assets, tmp_path):
-    common = ["--data", assets["captions"], "--batch-size", "2", "--max-steps", "6", "--save-every", "2", "--lr", "1e-3"]
+    common = ["--data", assets["captions"], "--batch-size", "2", "--max-steps", "6", "--save-every", "2", "--lr",
+              "1e-3"]
     straight = launch(1, "training.stage2_align", stage2_args(assets, tmp_path / "straight", *common))
-    killed = launch(1, "training.stage2_align", stage2_args(assets, tmp_path / "resumed", *common, "--crash-at-step", "3"))
+    killed = launch(1, "training.stage2_align",
+                    stage2_args(assets, tmp_path / "resumed", *common, "--crash-at-step", "3"))
     assert straight.returncode == 0 and killed.returncode != 0
     assert not (tmp_path / "resumed" / "step-6").exists()
     resumed = launch(1, "training.stage2_align", stage2_args(assets, tmp_path / "resumed", *common))
@@ -120,7 +124,8 @@ def test_killed_run_resumes_to_the_same_weights(assets, tmp_path):
 
 
 def test_fsdp_through_accelerate_on_cpu(assets, tmp_path):
-    env = {"ACCELERATE_USE_FSDP": "true", "FSDP_SHARDING_STRATEGY": "FULL_SHARD", "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT",
+    env = {"ACCELERATE_USE_FSDP": "true", "FSDP_SHARDING_STRATEGY": "FULL_SHARD",
+           "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT",
            "FSDP_USE_ORIG_PARAMS": "true", "FSDP_SYNC_MODULE_STATES": "true", "FSDP_AUTO_WRAP_POLICY": "NO_WRAP"}
     done = launch(2, "training.stage2_align", stage2_args(assets, tmp_path / "fsdp", "--data", assets["captions"],
                                                            "--batch-size", "2", "--max-steps", "2"), env)
@@ -163,9 +168,11 @@ def test_gill_training_learns_and_its_release_loads(assets, tiny_gill_dirs, tmp_
 
     teacher = write_teacher(str(tmp_path / "sd_text"), width=768)
     out = tmp_path / "gill"
-    main(["--release", tiny_gill_dirs["checkpoint"], "--llm", tiny_gill_dirs["llm"], "--vision", tiny_gill_dirs["vision"],
+    main(["--release", tiny_gill_dirs["checkpoint"], "--llm", tiny_gill_dirs["llm"], "--vision",
+          tiny_gill_dirs["vision"],
           "--teacher", teacher, "--data", assets["fixed_captions"], "--batch-size", "4", "--max-steps", "15",
-          "--lr", "1e-3", "--betas", "0.9", "0.95", "--warmup-steps", "0", "--log-every", "1", "--output-dir", str(out)])
+          "--lr", "1e-3", "--betas", "0.9", "0.95", "--warmup-steps", "0", "--log-every", "1", "--output-dir",
+          str(out)])
     log = [json.loads(line) for line in open(out / "train_log.jsonl")]
     assert log[-1]["loss"] < 0.8 * log[0]["loss"], [r["loss"] for r in log]
     # the [IMG]-prediction CE is mostly frozen-OPT caption tokens; the trainable terms must fall
@@ -195,7 +202,8 @@ def test_convert_folder_and_jsonl(tmp_path):
     data = ShardDataset(str(tmp_path / "a"))
     assert len(data) == 3 and data[1].meta == {"kind": "caption", "caption": "photo 1"}
     (tmp_path / "edits.jsonl").write_text(json.dumps(
-        {"kind": "edit", "input_caption": "a", "instruction": "b", "images": {"source": "photos/p0.png", "target": "photos/p1.png"}}) + "\n")
+        {"kind": "edit", "input_caption": "a", "instruction": "b",
+         "images": {"source": "photos/p0.png", "target": "photos/p1.png"}}) + "\n")
     assert main(["--jsonl", str(tmp_path / "edits.jsonl"), "--out", str(tmp_path / "b")]) == 0
     assert set(ShardDataset(str(tmp_path / "b"))[0].images) == {"source", "target"}
 
@@ -216,7 +224,8 @@ def test_openimages_builder_with_stand_in_models():
 
     meta, images = compose_sample(image(3), lambda im: "a dog next to a tree", lambda c: ["tree", "dog", "blue"],
                                   segmenter, size=32, crop_size=16)
-    assert meta == {"kind": "composition", "caption": "a dog next to a tree", "entities": [{"name": "dog"}, {"name": "tree"}]}
+    assert meta == {"kind": "composition", "caption": "a dog next to a tree",
+                    "entities": [{"name": "dog"}, {"name": "tree"}]}
     white = np.asarray(images["crop0_white"])
     assert images["crop0"].size == (16, 16) and (white[0] == 255).all()  # outside the mask is white
     assert compose_sample(image(3), lambda im: "nothing", lambda c: ["dog"], segmenter) is None
@@ -231,8 +240,9 @@ def test_grad_accumulation_equals_a_bigger_batch_and_bf16_checkpointing_run(asse
     a, b = (load_file(tmp_path / run / "step-2" / "model.safetensors") for run in ("big", "accum"))
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
     out = tmp_path / "bf16"  # a fresh process: Accelerate fixes the precision once per process
-    done = launch(1, "training.stage1_mllm", ["--init", assets["init"], "--data", assets["captions"], "--batch-size", "2",
-                                              "--max-steps", "2", "--mixed-precision", "bf16", "--gradient-checkpointing",
-                                              "--log-every", "1", "--output-dir", str(out)])
+    done = launch(1, "training.stage1_mllm",
+                  ["--init", assets["init"], "--data", assets["captions"], "--batch-size", "2",
+                                              "--max-steps", "2", "--mixed-precision", "bf16",
+                                              "--gradient-checkpointing", "--log-every", "1", "--output-dir", str(out)])
     assert done.returncode == 0, done.stderr[-2000:]
     assert all(torch.isfinite(torch.tensor(v)) for v in losses(out))

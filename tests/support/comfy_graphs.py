@@ -40,7 +40,8 @@ def sd_graph(positive=("enc", 0), negative=("enc", 1), seed: int = 1, batch: int
         positive, negative = ["cna", 0], ["cna", 1]
     graph["latent"] = node("EmptyLatentImage", width=64, height=64, batch_size=batch)
     graph["sampler"] = node("KSampler", model=model, seed=seed, steps=2, cfg=5.0, sampler_name="euler",
-                            scheduler="normal", positive=positive, negative=negative, latent_image=["latent", 0], denoise=1.0)
+                            scheduler="normal", positive=positive, negative=negative, latent_image=["latent", 0],
+                            denoise=1.0)
     graph["decode"] = node("VAEDecode", samples=["sampler", 0], vae=["ckpt", 2])
     graph["save"] = node("SaveImage", images=["decode", 0], filename_prefix="test")
     return graph

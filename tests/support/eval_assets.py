@@ -59,7 +59,8 @@ def write_clip_scorer(folder: str, image_size: int = 32) -> str:
     write_clip_tokenizer(folder)
     vocab = len(json.load(open(os.path.join(folder, "vocab.json"))))
     torch.manual_seed(1)
-    config = CLIPConfig(text_config={"vocab_size": vocab, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+    config = CLIPConfig(text_config={"vocab_size": vocab, "hidden_size": 32, "intermediate_size": 64,
+                                     "num_hidden_layers": 1,
                                      "num_attention_heads": 4, "max_position_embeddings": 77, "eos_token_id": 1,
                                      "bos_token_id": 0, "pad_token_id": 1},
                         vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
@@ -99,7 +100,8 @@ def write_dreambench(root: str, subjects=(("backpack", "backpack", 6), ("dog", "
     dataset = os.path.join(root, "dataset")
     os.makedirs(dataset, exist_ok=True)
     lines = ["Classes", "", "subject_name,class"] + [f"{name},{cls}" for name, cls, _ in subjects]
-    lines += ["", "Prompts", "", "Object Prompts", "", "prompt_list = [", "'a {0} {1} in the jungle'.format(unique_token, class_token),", "]"]
+    lines += ["", "Prompts", "", "Object Prompts", "", "prompt_list = [",
+              "'a {0} {1} in the jungle'.format(unique_token, class_token),", "]"]
     with open(os.path.join(dataset, "prompts_and_classes.txt"), "w") as f:
         f.write("\n".join(lines) + "\n")
     for n, (name, _, count) in enumerate(subjects):
@@ -132,7 +134,8 @@ def write_vist(root: str, stories: int = 3, missing_image_story: bool = True) ->
     for story in range(stories + int(missing_image_story)):
         for order in range(5):
             photo += 1
-            annotations.append([{"story_id": str(40 + story), "photo_flickr_id": str(photo), "worker_arranged_photo_order": order,
+            annotations.append([{"story_id": str(40 + story), "photo_flickr_id": str(photo),
+                                 "worker_arranged_photo_order": order,
                                  "text": f"the family went to the park {order}."}])
             if not (missing_image_story and story == stories and order == 2):
                 picture(photo, (224, 224)).save(os.path.join(sis, "val_images", f"{photo}.png"))
@@ -150,7 +153,9 @@ def write_visdial(root: str, dialogs: int = 3) -> str:
     for d in range(dialogs):
         image_id = 185000 + d
         picture(700 + d, (64, 64)).save(os.path.join(images, f"VisualDialog_val2018_{image_id:012d}.jpg"))
-        data.append({"image_id": image_id, "caption": "a dog", "dialog": [{"question": (d + r) % 12, "answer": r} for r in range(10)]})
+        data.append({"image_id": image_id, "caption": "a dog",
+                     "dialog": [{"question": (d + r) % 12, "answer": r} for r in range(10)]})
     with open(os.path.join(root, "visdial_1.0_val.json"), "w") as f:
-        json.dump({"version": "1.0", "split": "val", "data": {"questions": questions, "answers": answers, "dialogs": data}}, f)
+        json.dump({"version": "1.0", "split": "val",
+                   "data": {"questions": questions, "answers": answers, "dialogs": data}}, f)
     return root

@@ -33,7 +33,8 @@ class Outcome:
     timed_out: bool
 
     def describe(self) -> str:
-        return f"rc={self.returncode} timed_out={self.timed_out}\n--- stdout\n{self.stdout[-3000:]}\n--- stderr\n{self.stderr[-3000:]}"
+        return (f"rc={self.returncode} timed_out={self.timed_out}\n"
+                f"--- stdout\n{self.stdout[-3000:]}\n--- stderr\n{self.stderr[-3000:]}")
 
 
 def run_python(args: list[str], cwd: str | os.PathLike | None = None, env: dict | None = None,

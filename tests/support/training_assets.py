@@ -24,7 +24,8 @@ def write_kosmosg(folder: str, width: int = 64, with_reconstruction: bool = Fals
 
     os.makedirs(folder, exist_ok=True)
     write_tiny_tokenizer(folder, dict_lines=dict_lines_for(400))
-    return write_official_checkpoint(os.path.join(folder, "checkpoint.pt"), tiny_size(400, width, with_reconstruction), seed=5)
+    return write_official_checkpoint(os.path.join(folder, "checkpoint.pt"), tiny_size(400, width, with_reconstruction),
+                                     seed=5)
 
 
 def write_teacher(folder: str, width: int = 64) -> str:
@@ -35,7 +36,8 @@ def write_teacher(folder: str, width: int = 64) -> str:
 
     vocab = write_opt_tokenizer(folder)
     config = CLIPTextConfig(vocab_size=vocab, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=1,
-                            num_attention_heads=1, max_position_embeddings=77, pad_token_id=1, bos_token_id=2, eos_token_id=2)
+                            num_attention_heads=1, max_position_embeddings=77, pad_token_id=1, bos_token_id=2,
+                            eos_token_id=2)
     torch.manual_seed(0)
     CLIPTextModel(config).save_pretrained(folder)
     return folder
@@ -49,9 +51,11 @@ def write_sd(folder: str, context: int = 64) -> str:
                          down_block_types=("CrossAttnDownBlock2D",), up_block_types=("CrossAttnUpBlock2D",),
                          cross_attention_dim=context, attention_head_dim=8, norm_num_groups=8).save_pretrained(
         os.path.join(folder, "unet"))
-    AutoencoderKL(block_out_channels=(32,), down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
+    AutoencoderKL(block_out_channels=(32,), down_block_types=("DownEncoderBlock2D",),
+                  up_block_types=("UpDecoderBlock2D",),
                   latent_channels=4, norm_num_groups=8, sample_size=32).save_pretrained(os.path.join(folder, "vae"))
-    DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).save_pretrained(
+    DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                  beta_end=0.012).save_pretrained(
         os.path.join(folder, "scheduler"))
     return folder
 
@@ -75,5 +79,6 @@ def write_shards(folder: str, kinds=("caption",), count: int = 8) -> str:
                 entities = [{"name": words[1]}, {"name": words[-1]}]
                 crops = {f"crop{k}": image(200 + 2 * k + i, (20, 20)) for k in range(2)}
                 crops.update({f"crop{k}_white": image(300 + k + i, (20, 20)) for k in range(2)})
-                writer.write({"kind": "composition", "caption": caption, "entities": entities}, {"target": image(i), **crops})
+                writer.write({"kind": "composition", "caption": caption, "entities": entities},
+                             {"target": image(i), **crops})
     return folder
