@@ -99,6 +99,8 @@ def test_archive_holds_the_pack_and_nothing_else(published):
     assert {f"workflows/{p.name}" for p in (REPO / "workflows").glob("*.json")} <= set(names)
     too_big = [n for n in names if (published / n).stat().st_size > 1_000_000]
     assert not too_big, too_big
+    # tests/data (the 12 MB of official-code fixtures) and the rest of tests/ stay out (.comfyignore)
+    assert sum((published / n).stat().st_size for n in names if (published / n).is_file()) < 3_000_000
 
 
 def test_published_code_imports_nothing_from_tests_or_training(published):
@@ -153,7 +155,8 @@ def test_pip_install_ships_every_subpackage(tmp_path):
                           cwd=away, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     installed = {path.name for path in Path(own).iterdir()}
-    assert "kosmosg_core" in installed and not installed & {"nodes", "tests", "training", "scripts", "workflows"}
+    assert "kosmosg_core" in installed
+    assert not installed & {"nodes", "tests", "support", "data", "training", "scripts", "workflows"}
     for command in ([str(venv / "bin" / "kosmosg"), "encode", "--help"],
                     [str(python), "-m", "kosmosg_core", "eval", "--help"],
                     [str(python), "-c", "import kosmosg_core, kosmosg_core.gill, kosmosg_core.runner, "
