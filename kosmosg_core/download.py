@@ -261,7 +261,7 @@ def mirrored(url: str, mirror: str | None) -> str:
 def default_models_dir() -> str:
     """The models/ of the ComfyUI this pack sits in, else the test host's comfy_home/models,
     which is where ``python -m kosmosg_core workflow`` looks on the built-in host."""
-    from .runner.host import PACK_DIR
+    from .comfy_host.host import PACK_DIR
 
     parent = os.path.dirname(PACK_DIR)
     if os.path.basename(parent) == "custom_nodes":

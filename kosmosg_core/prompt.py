@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 
 from .errors import PromptError
-from .tokenizer import KosmosGTokenizer
+from .kosmosg.tokenizer import KosmosGTokenizer
 
 _PLACEHOLDER = re.compile(r"<i>|<image([0-9]+)>", re.ASCII)  # \d would also match Arabic-Indic and other digits
 _SURROGATE = re.compile("[\ud800-\udfff]")

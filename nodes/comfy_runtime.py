@@ -17,9 +17,9 @@ import folder_paths
 import torch
 from comfy_api.v0_0_2 import io
 
-from kosmosg_core.encoder import KosmosGEncoder
+from kosmosg_core.kosmosg.encoder import KosmosGEncoder
 from kosmosg_core.errors import CheckpointError, ImageError
-from kosmosg_core.runner import name_problem
+from kosmosg_core.comfy_host import name_problem
 
 CHECKPOINT_EXTENSIONS = {".pt", ".pth", ".safetensors"}
 

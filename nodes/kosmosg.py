@@ -11,8 +11,8 @@ import torch
 from comfy_api.v0_0_2 import io
 
 from kosmosg_core.errors import CheckpointError, ImageError
-from kosmosg_core.loading import load_kosmosg
-from kosmosg_core.quantization import QUANTIZATIONS
+from kosmosg_core.kosmosg.loading import load_kosmosg
+from kosmosg_core.weights.quantization import QUANTIZATIONS
 
 from .comfy_runtime import (
     KosmosGImages,

@@ -21,7 +21,7 @@ import torch
 from hostile_harness import Canary, assert_clear_error, run_cli
 
 from kosmosg_core import load_kosmosg, open_checkpoint
-from kosmosg_core.config import count_layers
+from kosmosg_core.kosmosg.config import count_layers
 from kosmosg_core.errors import (
     CheckpointError,
     KosmosGError,
@@ -29,7 +29,7 @@ from kosmosg_core.errors import (
     RefusedPickleError,
     TokenizerError,
 )
-from kosmosg_core.safe_pickle import RestrictedUnpickler, restricted_torch_load
+from kosmosg_core.weights.safe_pickle import RestrictedUnpickler, restricted_torch_load
 
 # -- pickle assembler -------------------------------------------------------------------------------
 
@@ -378,7 +378,7 @@ def test_planted_cache_file_is_never_used(official_fixture, tmp_path, monkeypatc
 
 @pytest.mark.parametrize("content", [b"\xff\xfe\x00bad", b"hello 1\n\x80\x81 2\n"])
 def test_non_utf8_dict_txt_is_a_tokenizer_error(official_fixture, tmp_path, content):
-    from kosmosg_core.tokenizer import KosmosGTokenizer
+    from kosmosg_core.kosmosg.tokenizer import KosmosGTokenizer
 
     _model_folder(official_fixture, tmp_path)
     (tmp_path / "dict.txt").write_bytes(content)
@@ -428,7 +428,7 @@ def test_gill_layer_gap_is_refused(gill_fixture, tmp_path):
 
 
 def test_convert_refuses_its_inputs_as_destination(official_fixture, tmp_path):
-    from kosmosg_core.convert import convert
+    from kosmosg_core.kosmosg.convert import convert
 
     _model_folder(official_fixture, tmp_path)
     shutil.copy(official_fixture / "checkpoint.pt", tmp_path / "checkpoint.pt")

@@ -7,10 +7,10 @@ import os
 import numpy as np
 import torch
 
-from kosmosg_core.checkpoint import DICT_TENSOR, SPM_TENSOR, CONVERTED_FORMAT, official_key, open_checkpoint
-from kosmosg_core.convert import write_safetensors
+from kosmosg_core.kosmosg.checkpoint import DICT_TENSOR, SPM_TENSOR, CONVERTED_FORMAT, official_key, open_checkpoint
+from kosmosg_core.kosmosg.convert import write_safetensors
 from kosmosg_core.image_processing import preprocess_images
-from kosmosg_core.loading import build_model, resolve_tokenizer
+from kosmosg_core.kosmosg.loading import build_model, resolve_tokenizer
 from kosmosg_core.prompt import build_layout
 from kosmosg_core.safe_files import atomic_write_with
 

@@ -24,7 +24,7 @@ import os
 
 import torch
 
-from kosmosg_core.modeling_aligner import AlignerConfig, AlignerNet
+from kosmosg_core.kosmosg.aligner import AlignerConfig, AlignerNet
 from training.data import ShardDataset
 from training.engine import Trainer, UsageError, add_common_args, new_parser, prepare_output, run_main
 from training.kosmosg_common import encode_prompts, export_kosmosg, load_kosmosg_for_training, set_trainable

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli_types import device, finite_float, int_range
+from ..cli.arguments import device, finite_float, int_range
 from .datasets import PROMPT_STYLES, VIST_CONTEXTS
 
 SCORERS = {"dino": "facebook/dino-vits16", "clip_b32": "openai/clip-vit-base-patch32",

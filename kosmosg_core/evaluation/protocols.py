@@ -64,7 +64,7 @@ def _dtype(args: argparse.Namespace) -> torch.dtype:
 
 def _conditioner(args: argparse.Namespace, pipe, dtype: torch.dtype):
     if PROTOCOLS[args.protocol]["backend"] == "kosmos-g":
-        from ..loading import load_kosmosg
+        from ..kosmosg.loading import load_kosmosg
 
         return KosmosGConditioner(load_kosmosg(args.checkpoint, args.tokenizer, dtype=dtype, device=args.device))
     from ..gill import load_gill
@@ -79,7 +79,7 @@ def _conditioner(args: argparse.Namespace, pipe, dtype: torch.dtype):
 def _generate(args: argparse.Namespace, items: list, sampling: Sampling) -> None:
     from tqdm import tqdm
 
-    from ..sd_pipeline import load_sd15
+    from .sd_pipeline import load_sd15
 
     dtype = _dtype(args)
     pipe = load_sd15(args.sd, sampling.scheduler, dtype, args.device)

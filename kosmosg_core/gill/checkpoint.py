@@ -12,11 +12,11 @@ import os
 
 import torch
 
-from ..checkpoint import _wrong_family
-from ..config import count_layers
+from ..kosmosg.checkpoint import _wrong_family
+from ..kosmosg.config import count_layers
 from ..errors import CheckpointError
 from ..safe_files import read_text
-from ..safe_pickle import restricted_torch_load
+from ..weights.safe_pickle import restricted_torch_load
 from .modeling import DecisionModel, GILLHeadsConfig
 
 CHECKPOINT_FILE = "pretrained_ckpt.pth.tar"

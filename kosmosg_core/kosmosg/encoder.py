@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import PromptError
-from .hooks import LayerCallback, per_layer
-from .image_processing import as_pil_images, preprocess_images
-from .modeling_kosmosg import KosmosGModel
-from .prompt import PromptLayout, build_layout, build_negative_tokens
+from ..errors import PromptError
+from ..hooks import LayerCallback, per_layer
+from ..image_processing import as_pil_images, preprocess_images
+from .modeling import KosmosGModel
+from ..prompt import PromptLayout, build_layout, build_negative_tokens
 from .tokenizer import KosmosGTokenizer
 
 

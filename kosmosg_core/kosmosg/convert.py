@@ -26,9 +26,9 @@ from .checkpoint import (
     open_checkpoint,
 )
 from .config import KosmosGConfig
-from .errors import CheckpointError, TokenizerError
+from ..errors import CheckpointError, TokenizerError
 from .loading import resolve_tokenizer, tokenizer_search_dirs
-from .safe_files import atomic_open, refuse_input_as_output, regular_file, same_file
+from ..safe_files import atomic_open, refuse_input_as_output, regular_file, same_file
 from .tokenizer import DICT_FILENAME, SPM_FILENAME, KosmosGTokenizer
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from .errors import TokenizerError
-from .safe_files import read_text, regular_file
+from ..errors import TokenizerError
+from ..safe_files import read_text, regular_file
 
 MAX_TOKENIZER_FILE_BYTES = 64 << 20  # the release's files are 5 MB and 1 MB
 

@@ -7,9 +7,9 @@ import json
 import os
 import sys
 
-from .cli_types import device, finite_float, int_range
-from .errors import KosmosGError, guarded_main
-from .safe_files import atomic_write_with, refuse_input_as_output
+from .arguments import device, finite_float, int_range
+from ..errors import KosmosGError, guarded_main
+from ..safe_files import atomic_write_with, refuse_input_as_output
 
 
 def _save(tensors: dict, path: str, metadata: dict) -> None:
@@ -39,14 +39,14 @@ def _check_output(args: argparse.Namespace, flag: str = "--out", inside_folders:
 
 
 def _load_gill(args: argparse.Namespace):
-    from .gill import load_gill
+    from ..gill import load_gill
 
     missing = [flag for flag in ("checkpoint", "llm", "vision") if not getattr(args, flag)]
     if missing:
         raise KosmosGError(f"GILL needs --{' --'.join(missing)}: the release folder, an OPT folder and a CLIP folder.")
     gill = load_gill(args.checkpoint, args.llm, args.vision, dtype=args.dtype, device=args.device)
     if getattr(args, "index", None):
-        from .gill.retrieval import RetrievalIndex
+        from ..gill.retrieval import RetrievalIndex
 
         gill.index = RetrievalIndex.load(args.index)
     return gill
@@ -86,7 +86,7 @@ def _generate_text(args: argparse.Namespace) -> int:
 
 
 def _gill_index(args: argparse.Namespace) -> int:
-    from .gill.retrieval import RetrievalIndex, build_index
+    from ..gill.retrieval import RetrievalIndex, build_index
 
     if args.action == "import":
         index = RetrievalIndex.import_official(args.source)
@@ -112,7 +112,7 @@ def _gill_index(args: argparse.Namespace) -> int:
 def _encode(args: argparse.Namespace) -> int:
     if args.backend == "gill":
         return _encode_gill(args)
-    from .loading import load_kosmosg
+    from ..kosmosg.loading import load_kosmosg
 
     encoder = load_kosmosg(args.checkpoint, args.tokenizer, dtype=args.dtype, device=args.device,
                            quantization=args.quantization)
@@ -128,7 +128,7 @@ def _encode(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from .convert import convert
+    from ..kosmosg.convert import convert
 
     summary = convert(args.src, args.dst, tokenizer=args.tokenizer, embed_tokenizer=not args.no_tokenizer)
     if not summary["tokenizer_embedded"]:
@@ -138,20 +138,20 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import run_bench
+    from ..bench import run_bench
 
     print(json.dumps(run_bench(args), indent=2))
     return 0
 
 
 def _workflow(args: argparse.Namespace) -> int:
-    from .runner import run_workflow
+    from ..comfy_host import run_workflow
 
     return run_workflow(args)
 
 
 def _download(args: argparse.Namespace) -> int:
-    from .download import download
+    from ..download import download
 
     download(args.model, args.dest, args.mirror)
     return 0
@@ -165,7 +165,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .download import MANIFEST, MIRROR_ENV
+    from ..download import MANIFEST, MIRROR_ENV
 
     parser = _Parser(prog="python -m kosmosg_core", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -252,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--mirror", metavar="URL", help=f"fetch https://HOST/PATH as MIRROR/HOST/PATH (default: ${MIRROR_ENV})")
     fetch.set_defaults(run=_download)
 
-    from .evaluation.cli import add_eval_parser
+    from ..evaluation.cli import add_eval_parser
 
     add_eval_parser(sub)
     return parser

@@ -14,7 +14,7 @@ import os
 
 import torch
 
-from ..synthetic import dict_lines_for, tiny_size, write_official_checkpoint, write_tiny_tokenizer
+from ..kosmosg.synthetic import dict_lines_for, tiny_size, write_official_checkpoint, write_tiny_tokenizer
 
 SD15_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 CONTROLNET = "control_v11p_sd15_canny.pth"

@@ -13,8 +13,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .errors import CheckpointError
-from .modeling_aligner import HEAD_DIM, AlignerConfig
+from ..errors import CheckpointError
+from .aligner import HEAD_DIM, AlignerConfig
 
 TEXT = "gpt_model.decoder."
 VISION = "img_model.visual."

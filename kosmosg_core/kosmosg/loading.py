@@ -2,7 +2,7 @@
 
 The model is built on the ``meta`` device (no random init). Weights already in the target dtype
 stay views of the memory-mapped file; the others are cast straight from the mapping into fresh
-memory (see :mod:`kosmosg_core.host_memory`), whose source pages are then dropped. With int8 each
+memory (see :mod:`kosmosg_core.weights.host_memory`), whose source pages are then dropped. With int8 each
 linear is quantized as it arrives. Peak memory is the loaded model plus a few tensors.
 """
 
@@ -26,10 +26,10 @@ from .checkpoint import (
 )
 from .config import KosmosGConfig
 from .encoder import KosmosGEncoder
-from .errors import CheckpointError, TokenizerError
-from .host_memory import empty_weight, return_freed_memory
-from .modeling_kosmosg import KosmosGModel
-from .quantization import quantize_linear, quantized_weight_names
+from ..errors import CheckpointError, TokenizerError
+from ..weights.host_memory import empty_weight, return_freed_memory
+from .modeling import KosmosGModel
+from ..weights.quantization import quantize_linear, quantized_weight_names
 from .tokenizer import DICT_FILENAME, SPM_FILENAME, KosmosGTokenizer, find_tokenizer_dir
 
 logger = logging.getLogger(__name__)
@@ -213,7 +213,7 @@ def load_kosmosg(
     ``tokenizer_dirs`` are searched (with their ``tokenizer/`` subfolders) after the checkpoint's
     own folder when neither ``tokenizer`` nor an embedded tokenizer is given. With
     ``cache_converted`` an official ``.pt`` is converted once beside its folder and later loads
-    read the converted copy (see :mod:`kosmosg_core.converted_cache`). ``quantization="int8"``
+    read the converted copy (see :mod:`kosmosg_core.kosmosg.converted_cache`). ``quantization="int8"``
     stores the linear weights as int8 (torchao; activations keep ``dtype``).
     """
     from .converted_cache import convert_to_cache, open_cached, open_preferring_cache

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 import torch
 
 from .config import ALIGNER, CONNECTOR, TEXT, VISION
-from .errors import CheckpointError, TokenizerError
-from .host_memory import PAGE, cast_into, inner_pages
-from .safe_files import regular_file
-from .safe_pickle import damaged_file_message, restricted_torch_load
+from ..errors import CheckpointError, TokenizerError
+from ..weights.host_memory import PAGE, cast_into, inner_pages
+from ..safe_files import regular_file
+from ..weights.safe_pickle import damaged_file_message, restricted_torch_load
 
 CONVERTED_FORMAT = "kosmosg-core/1"
 TOKENIZER_PREFIX = "tokenizer."  # converted files may embed the tokenizer as uint8 tensors

@@ -24,7 +24,7 @@ import tempfile
 
 from ..errors import DEBUG_ENV, DEBUG_FLAG, KosmosGError, one_line
 from ..safe_files import atomic_write_with, read_text
-from ..workflow import WorkflowError, check_api_prompt, check_output_slots, check_ui_structure, ui_to_api
+from .workflow import WorkflowError, check_api_prompt, check_output_slots, check_ui_structure, ui_to_api
 
 # loader node -> [(input naming a file or folder, ComfyUI model folder, where users get it)]
 MODEL_INPUTS = {
