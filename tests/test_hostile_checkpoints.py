@@ -21,7 +21,7 @@ import torch
 from hostile_harness import Canary, assert_clear_error, run_cli
 
 from kosmosg_core import load_kosmosg, open_checkpoint
-from kosmosg_core.kosmosg.config import count_layers
+from kosmosg_core.weights.keys import count_layers
 from kosmosg_core.errors import (
     CheckpointError,
     KosmosGError,
@@ -346,7 +346,7 @@ def test_layer_key_far_out_is_refused_in_pt_and_safetensors(official_fixture, tm
 
 
 def test_planted_cache_file_is_never_used(official_fixture, tmp_path, monkeypatch):
-    from kosmosg_core import converted_cache
+    from kosmosg_core.kosmosg import converted_cache
 
     monkeypatch.delenv(converted_cache.DISABLE_ENV, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))

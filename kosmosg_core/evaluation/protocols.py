@@ -14,11 +14,11 @@ from dataclasses import asdict
 
 import torch
 
+from ..dtypes import parse_dtype
 from ..errors import KosmosGError
 from . import datasets
 from .generation import GillConditioner, KosmosGConditioner, Sampling, generate_missing, image_paths, is_main_process
-from .published import PUBLISHED
-from .cli import SCORERS
+from .published import PUBLISHED, SCORERS
 from .report import write_results
 
 # Official settings (Kosmos-G: sample_kosmosg_{dreambench,coco}.py; GILL: evals/generate_*_images.py).
@@ -59,7 +59,7 @@ def sampling_for(args: argparse.Namespace) -> Sampling:
 
 def _dtype(args: argparse.Namespace) -> torch.dtype:
     name = args.dtype or ("fp16" if args.device.startswith("cuda") else "fp32")
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+    return parse_dtype(name)
 
 
 def _conditioner(args: argparse.Namespace, pipe, dtype: torch.dtype):

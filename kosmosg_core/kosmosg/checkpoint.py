@@ -19,6 +19,7 @@ import torch
 
 from .config import ALIGNER, CONNECTOR, TEXT, VISION
 from ..errors import CheckpointError, TokenizerError
+from ..weights.keys import wrong_family
 from ..weights.host_memory import PAGE, cast_into, inner_pages
 from ..safe_files import regular_file
 from ..weights.safe_pickle import damaged_file_message, restricted_torch_load
@@ -95,38 +96,14 @@ def official_key(name: str) -> str:
     return name
 
 
-def _wrong_family(keys: list[str]) -> str | None:
-    """A sentence naming what this file is, when it is something other than Kosmos-G."""
 
-    def has(prefix: str) -> bool:
-        return any(k.startswith(prefix) for k in keys)
-
-    if has("model.diffusion_model.") or has("first_stage_model.") or has("cond_stage_model."):
-        return (
-            "it is a Stable Diffusion checkpoint (U-Net/VAE/CLIP). Load it with ComfyUI's Load "
-            "Checkpoint; the Kosmos-G loader needs the Kosmos-G release file checkpoint_final.pt"
-        )
-    if has("down_blocks.") or has("encoder.down_blocks.") or has("conv_in."):
-        return "it is a diffusers U-Net or VAE, not Kosmos-G; use checkpoint_final.pt"
-    if has("model.gen_text_hidden_fcs.") or has("model.visual_embeddings.") or has("model.input_embeddings."):
-        return "it is a GILL checkpoint (pretrained_ckpt.pth.tar); load it with the GILL loader"
-    if has("text_model.model.") and has("image_to_text_projection."):
-        return "it is a Kosmos-2 model in transformers naming, not Kosmos-G; use checkpoint_final.pt"
-    if has("visual.") or (has("transformer.resblocks.") and has("token_embedding.")):
-        return (
-            "it is ViT-L-14-sd.pt, the CLIP ViT-L/14 the authors used to start training. Inference "
-            "does not need it (the vision tower is inside checkpoint_final.pt); use checkpoint_final.pt"
-        )
-    if has("text_model.embeddings.") or has("embeddings.token_embedding."):
-        return "it is a CLIP text encoder, not Kosmos-G; use checkpoint_final.pt"
-    return None
 
 
 def classify(keys: list[str], path: str) -> str:
     """``final`` / ``stage2`` / ``stage1``, or a :class:`CheckpointError` naming what the file is."""
     is_kosmos = any(k.startswith(TEXT) for k in keys) and any(k.startswith(VISION) for k in keys)
     if not is_kosmos:
-        family = _wrong_family(keys)
+        family = wrong_family(keys)
         prefixes = sorted({k.split(".")[0] for k in keys})[:8]
         reason = family or f"its weights are named {', '.join(prefixes) or '(nothing)'}.*"
         raise CheckpointError(

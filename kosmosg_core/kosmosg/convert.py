@@ -27,9 +27,8 @@ from .checkpoint import (
 )
 from .config import KosmosGConfig
 from ..errors import CheckpointError, TokenizerError
-from .loading import resolve_tokenizer, tokenizer_search_dirs
 from ..safe_files import atomic_open, refuse_input_as_output, regular_file, same_file
-from .tokenizer import DICT_FILENAME, SPM_FILENAME, KosmosGTokenizer
+from .tokenizer import DICT_FILENAME, SPM_FILENAME, KosmosGTokenizer, resolve_tokenizer, tokenizer_search_dirs
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> np.ndarray:
