@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import torch
 
 from kosmosg_core.image_processing import preprocess_images
-from kosmosg_core.kosmosg.checkpoint import CONVERTED_FORMAT, DICT_TENSOR, SPM_TENSOR, official_key, open_checkpoint
-from kosmosg_core.kosmosg.convert import write_safetensors
+from kosmosg_core.kosmosg.checkpoint import (
+    CONVERTED_FORMAT, DICT_TENSOR, SPM_TENSOR, official_key, open_checkpoint, tokenizer_tensors,
+)
 from kosmosg_core.kosmosg.encoder import mllm_forward
 from kosmosg_core.kosmosg.layout import build_layout
 from kosmosg_core.kosmosg.loading import build_model
 from kosmosg_core.kosmosg.tokenizer import resolve_tokenizer
-from kosmosg_core.safe_files import atomic_write_with
+from kosmosg_core.weights.safetensors_io import write_safetensors
 
 
 def load_kosmosg_for_training(init: str, tokenizer: str | None = None):
@@ -62,12 +62,10 @@ def export_kosmosg(state_dict: dict, tokenizer, path: str, kind: str, prefix: st
     module's full state dict; only keys under ``prefix`` (the Kosmos-G model) are kept."""
     state = {official_key(k[len(prefix):]): v.detach().to(torch.float16).contiguous().cpu()
              for k, v in state_dict.items() if k.startswith(prefix)}
-    state["tokenizer.sentencepiece_model"] = torch.from_numpy(np.frombuffer(tokenizer.spm_model_bytes, np.uint8).copy())
-    state["tokenizer.dict_txt"] = torch.from_numpy(np.frombuffer(tokenizer.dict_txt.encode(), np.uint8).copy())
+    state.update(tokenizer_tensors(tokenizer))
     assert SPM_TENSOR in state and DICT_TENSOR in state
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    # temp-then-rename: an earlier run's file is replaced only by a complete new one
-    atomic_write_with(path, lambda tmp: write_safetensors(
-        tmp, {k: tuple(v.shape) for k, v in state.items()}, {k: v.dtype for k, v in state.items()},
-        state.__getitem__, {"format": CONVERTED_FORMAT, "kind": kind, "source": "training"}))
+    # temp-then-rename inside write_safetensors: an earlier run's file is replaced only by a complete new one
+    write_safetensors(path, {k: tuple(v.shape) for k, v in state.items()}, {k: v.dtype for k, v in state.items()},
+                      state.__getitem__, {"format": CONVERTED_FORMAT, "kind": kind, "source": "training"})
     return path

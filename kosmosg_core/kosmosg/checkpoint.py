@@ -20,6 +20,7 @@ import torch
 from .config import ALIGNER, CONNECTOR, TEXT, VISION
 from ..errors import CheckpointError, TokenizerError
 from ..weights.keys import wrong_family
+from ..weights.safetensors_io import SAFETENSORS_DTYPES
 from ..weights.host_memory import PAGE, cast_into, inner_pages
 from ..safe_files import regular_file
 from ..weights.safe_pickle import damaged_file_message, restricted_torch_load
@@ -320,16 +321,16 @@ def _safetensors_offsets(path: str):
     start, data_size = 8 + header_len, size - 8 - header_len
     shapes, dtypes, offsets, ranges = {}, {}, {}, []
     for name, entry in header.items():
-        if not isinstance(entry, dict) or entry.get("dtype") not in _SAFETENSORS_DTYPES:
+        if not isinstance(entry, dict) or entry.get("dtype") not in SAFETENSORS_DTYPES:
             shown = entry.get("dtype") if isinstance(entry, dict) else type(entry).__name__
-            raise bad(f"tensor {name[:80]!r} has dtype {str(shown)[:20]!r}, not one of {', '.join(_SAFETENSORS_DTYPES)}")
+            raise bad(f"tensor {name[:80]!r} has dtype {str(shown)[:20]!r}, not one of {', '.join(SAFETENSORS_DTYPES)}")
         shape, span = entry.get("shape"), entry.get("data_offsets")
         if not isinstance(shape, list) or len(shape) > 64 or not all(type(n) is int and n >= 0 for n in shape):
             raise bad(f"tensor {name[:80]!r} has shape {str(shape)[:80]}")
         if not isinstance(span, list) or len(span) != 2 or not all(type(n) is int for n in span) \
                 or not 0 <= span[0] <= span[1] <= data_size:
             raise bad(f"tensor {name[:80]!r} has byte range {str(span)[:80]} outside the {data_size:,} data bytes")
-        dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
+        dtype = SAFETENSORS_DTYPES[entry["dtype"]]
         if span[1] - span[0] != torch.Size(shape).numel() * _itemsize(dtype):
             raise bad(f"tensor {name[:80]!r} of shape {shape} needs {torch.Size(shape).numel() * _itemsize(dtype):,} "
                       f"bytes but its byte range holds {span[1] - span[0]:,}")
@@ -425,17 +426,10 @@ class ChunkedReader:
         self.close()
 
 
-_SAFETENSORS_DTYPES = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-TORCH_TO_SAFETENSORS = {v: k for k, v in _SAFETENSORS_DTYPES.items()}
+def tokenizer_tensors(tokenizer) -> dict[str, torch.Tensor]:
+    """The tokenizer's two files as uint8 tensors, as a converted file carries them (``convert`` and
+    the training export write them; :meth:`Checkpoint.tokenizer_files` reads them back)."""
+    import numpy as np
 
+    return {SPM_TENSOR: torch.from_numpy(np.frombuffer(tokenizer.spm_model_bytes, dtype=np.uint8).copy()),
+            DICT_TENSOR: torch.from_numpy(np.frombuffer(tokenizer.dict_txt.encode("utf-8"), dtype=np.uint8).copy())}
