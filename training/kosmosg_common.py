@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import torch
+from safetensors.torch import save_file
 
 from kosmosg_core.image_processing import preprocess_images
 from kosmosg_core.kosmosg.checkpoint import (
@@ -14,7 +15,7 @@ from kosmosg_core.kosmosg.encoder import mllm_forward
 from kosmosg_core.kosmosg.layout import build_layout
 from kosmosg_core.kosmosg.loading import build_model
 from kosmosg_core.kosmosg.tokenizer import resolve_tokenizer
-from kosmosg_core.weights.safetensors_io import write_safetensors
+from kosmosg_core.safe_files import atomic_write_with
 
 
 def load_kosmosg_for_training(init: str, tokenizer: str | None = None):
@@ -65,7 +66,8 @@ def export_kosmosg(state_dict: dict, tokenizer, path: str, kind: str, prefix: st
     state.update(tokenizer_tensors(tokenizer))
     assert SPM_TENSOR in state and DICT_TENSOR in state
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    # temp-then-rename inside write_safetensors: an earlier run's file is replaced only by a complete new one
-    write_safetensors(path, {k: tuple(v.shape) for k, v in state.items()}, {k: v.dtype for k, v in state.items()},
-                      state.__getitem__, {"format": CONVERTED_FORMAT, "kind": kind, "source": "training"})
+    # the whole state is in memory: safetensors' own writer; temp-then-rename, so an earlier run's file is
+    # replaced only by a complete new one
+    atomic_write_with(path, lambda tmp: save_file(state, tmp, metadata={"format": CONVERTED_FORMAT, "kind": kind,
+                                                                        "source": "training"}))
     return path
