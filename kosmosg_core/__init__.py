@@ -16,12 +16,12 @@ import importlib
 from .errors import CheckpointError, ImageError, KosmosGError, PromptError, RefusedPickleError, TokenizerError
 
 _LAZY = {
-    "Checkpoint": ".checkpoint",
-    "open_checkpoint": ".checkpoint",
-    "EncodeOutput": ".encoder",
-    "KosmosGEncoder": ".encoder",
-    "load_kosmosg": ".loading",
-    "KosmosGTokenizer": ".tokenizer",
+    "Checkpoint": ".kosmosg.checkpoint",
+    "open_checkpoint": ".kosmosg.checkpoint",
+    "EncodeOutput": ".kosmosg.encoder",
+    "KosmosGEncoder": ".kosmosg.encoder",
+    "load_kosmosg": ".kosmosg.loading",
+    "KosmosGTokenizer": ".kosmosg.tokenizer",
 }
 
 __all__ = [

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 
-from .converted_cache import CACHE_FOLDER
+from .kosmosg.converted_cache import CACHE_FOLDER
 
 NEEDED_DISK_BYTES = {"real": 16_000_000_000, "tiny": 50_000_000}  # .pt + converted + the fp32 cache
 
@@ -50,7 +50,7 @@ def fresh_memory_seconds(nbytes: int) -> float:
     floor of any load that does not map the file (a plain read reuses one buffer and pays none)."""
     import torch
 
-    from .host_memory import empty_weight
+    from .weights.host_memory import empty_weight
 
     start = time.perf_counter()
     blocks = [empty_weight((min(256 << 20, nbytes - done),), torch.uint8).zero_() for done in range(0, nbytes, 256 << 20)]
@@ -126,14 +126,14 @@ def worker(path: str, dtype: str, tokenizer: str, repeats: int, quantization: st
     """Runs in a subprocess: load (until every weight is resident), then optionally encode; JSON."""
     import torch
 
-    from .loading import load_kosmosg
-    from .quantization import resident_weight_bytes
+    from .kosmosg.loading import load_kosmosg
+    from .weights.quantization import resident_weight_bytes
 
     import sentencepiece  # noqa: F401  (import cost is not load cost)
     import transformers.models.kosmos2.modeling_kosmos2  # noqa: F401
 
     if quantization != "none":
-        from .quantization import import_torchao
+        from .weights.quantization import import_torchao
 
         import_torchao()  # import cost is not load cost
     gc.collect()  # nor is the interpreter's overdue sweep of the objects those imports made
@@ -318,8 +318,8 @@ def gill_per_layer_bench(width: int, depths: tuple[int, int], new_tokens: int = 
 
 
 def run_bench(args) -> dict:
-    from .convert import convert
-    from .synthetic import dict_lines_for, official_size, tiny_size, write_official_checkpoint, write_tiny_tokenizer
+    from .kosmosg.convert import convert
+    from .kosmosg.synthetic import dict_lines_for, official_size, tiny_size, write_official_checkpoint, write_tiny_tokenizer
 
     # always a fresh folder of our own (inside --workdir when given): the bench writes files named
     # like the user's (checkpoint_final.pt, .kosmosg-cache/) and must never replace or delete theirs

@@ -40,6 +40,9 @@ from typing import Callable, Iterator, TypeVar
 from urllib.parse import urlsplit
 
 from .errors import DownloadError
+from .model_files import (  # noqa: F401  (download.MANIFEST etc. stay importable)
+    GB, GILL_RELEASE, HUB, KB, KOSMOSG_CHECKPOINT, KOSMOSG_DATA, MANIFEST, MB, HubRepo, UrlFile, default_models_dir,
+)
 
 MIRROR_ENV = "KOSMOSG_DOWNLOAD_MIRROR"
 TIMEOUT_ENV = "KOSMOSG_DOWNLOAD_TIMEOUT"  # seconds for a connection and for each read
@@ -58,75 +61,6 @@ SNIFF_TEXT_MAX = 64 << 20  # .json and .txt files are parsed whole to be checked
 SAFETENSORS_HEADER_MAX = 100 << 20
 HEAD_BYTES = 64  # enough of a body to tell an HTML page before anything is saved
 USER_AGENT = "ComfyUI-KosmosG-download"
-HUB = "https://huggingface.co"
-KB, MB, GB = 1 << 10, 1 << 20, 1 << 30
-
-KOSMOSG_CHECKPOINT = (
-    "https://conversationhub.blob.core.windows.net/beit-share-public/kosmosg/checkpoint_final.pt"
-    "?sv=2023-01-03&st=2024-04-10T13%3A11%3A44Z&se=2050-04-11T13%3A11%3A00Z&sr=c&sp=r"
-    "&sig=4cXJIjVRZHIBWqHjPgDn%2F01oczpDWXipmPCUk3Z8vbQ%3D"
-)
-KOSMOSG_DATA = "https://raw.githubusercontent.com/xichenpan/Kosmos-G/f5c0489320bb885f0454d69fa06e0b37aa88db88/data/"
-# GitHub, not the Hugging Face copy (jykoh/gill): its decision_model.pth.tar is the old
-# Linear(4097, 2) classifier, which the current GILL code cannot load.
-GILL_RELEASE = "https://raw.githubusercontent.com/kohjingyu/gill/4600b71a3193267c14aac8b600d958611c4c20be/checkpoints/gill_opt/"
-GILL_LICENCE = "see kohjingyu/gill"
-
-
-@dataclass(frozen=True)
-class UrlFile:
-    """A file at a fixed URL; only the server's own GET response headers can verify it.
-
-    ``max_bytes`` bounds the body where the server states no size; ``states`` lists what the
-    source always publishes ("size", "md5"), so an answer without it is not that source."""
-
-    url: str
-    dest: str  # relative to ComfyUI's models/
-    licence: str
-    what: str
-    max_bytes: int
-    states: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class HubRepo:
-    """Files of a Hugging Face model repo; the hub's tree API lists their sizes and LFS sha256."""
-
-    repo: str
-    dest: str  # folder relative to ComfyUI's models/
-    licence: str
-    what: str
-    max_bytes: int  # per file: a listing that states more is refused
-    only: tuple[str, ...] = ()  # just these files; default: see wanted_files()
-
-
-MANIFEST: dict[str, tuple[UrlFile | HubRepo, ...]] = {
-    "kosmos-g": (
-        UrlFile(KOSMOSG_CHECKPOINT, "kosmos_g/checkpoint_final.pt", "MIT",
-                "Kosmos-G final checkpoint (Azure blob, about 3.8-5.7 GB)", 16 * GB, states=("size", "md5")),
-        UrlFile(KOSMOSG_DATA + "sentencepiece.bpe.model", "kosmos_g/sentencepiece.bpe.model", "MIT",
-                "Kosmos-G tokenizer (SentencePiece model)", 16 * MB),
-        UrlFile(KOSMOSG_DATA + "dict.txt", "kosmos_g/dict.txt", "MIT", "Kosmos-G tokenizer (fairseq dictionary)",
-                16 * MB),
-    ),
-    "gill": (
-        UrlFile(GILL_RELEASE + "model_args.json", "gill/gill_opt/model_args.json", GILL_LICENCE,
-                "GILL model arguments", 1 * MB),
-        UrlFile(GILL_RELEASE + "pretrained_ckpt.pth.tar", "gill/gill_opt/pretrained_ckpt.pth.tar", GILL_LICENCE,
-                "GILL trained layers (about 100 MB)", 1 * GB),
-        UrlFile(GILL_RELEASE + "decision_model.pth.tar", "gill/gill_opt/decision_model.pth.tar", GILL_LICENCE,
-                "GILL retrieve-or-generate classifier, Linear(4096, 2)", 16 * MB),
-        HubRepo("facebook/opt-6.7b", "gill/opt-6.7b", "OPT-175B licence agreement (non-commercial research only)",
-                "the frozen OPT-6.7B language model (about 13 GB)", 16 * GB),
-        HubRepo("openai/clip-vit-large-patch14", "gill/clip-vit-large-patch14", "MIT",
-                "CLIP ViT-L/14 (the vision tower)", 4 * GB),
-    ),
-    "sd15": (
-        HubRepo("stable-diffusion-v1-5/stable-diffusion-v1-5", "checkpoints", "CreativeML OpenRAIL-M",
-                "Stable Diffusion 1.5 (re-upload of the deleted runwayml repo, about 4 GB)", 8 * GB,
-                only=("v1-5-pruned-emaonly.safetensors",)),
-    ),
-}
 
 
 @dataclass
@@ -256,17 +190,6 @@ def mirrored(url: str, mirror: str | None) -> str:
         return url
     parts = urlsplit(url)
     return f"{mirror.rstrip('/')}/{parts.netloc}{parts.path}" + (f"?{parts.query}" if parts.query else "")
-
-
-def default_models_dir() -> str:
-    """The models/ of the ComfyUI this pack sits in, else the test host's comfy_home/models,
-    which is where ``python -m kosmosg_core workflow`` looks on the built-in host."""
-    from .runner.host import PACK_DIR
-
-    parent = os.path.dirname(PACK_DIR)
-    if os.path.basename(parent) == "custom_nodes":
-        return os.path.join(os.path.dirname(parent), "models")
-    return os.path.join(PACK_DIR, "comfy_home", "models")
 
 
 def wanted_files(paths: list[str]) -> list[str]:

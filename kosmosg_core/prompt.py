@@ -1,12 +1,10 @@
-"""Interleaved prompts: placeholders -> the official token layout.
+"""Interleaved prompts: where the images go.
 
 ``<i>`` is the official placeholder (the n-th ``<i>`` is the n-th image). ``<image1>``,
 ``<image2>``, ... name images by number and may repeat one image. The two styles do not mix in
 one prompt, because "which image does this ``<i>`` mean" would then have two answers.
 
-Layout (``AppModel.kosmosg_preprocess``): ``<s>``, then for each placeholder the ids of the text
-before it, ``<image>``, Q slots (id of ``<image>`` as a placeholder), ``</image>``; then the
-trailing text. No ``</s>``. The slots are where the connector outputs go, in prompt order.
+Shared by Kosmos-G and GILL; Kosmos-G's token layout is :mod:`kosmosg_core.kosmosg.layout`.
 
 Prompts are user text: image numbers are ASCII digits only (``<image١>`` is text, not image 1),
 text that is not valid Unicode (a lone surrogate) is refused with its position, and text that
@@ -16,21 +14,12 @@ spells a special token (``<image>``, ``</s>``) never becomes that token.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from .errors import PromptError
-from .tokenizer import KosmosGTokenizer
 
 _PLACEHOLDER = re.compile(r"<i>|<image([0-9]+)>", re.ASCII)  # \d would also match Arabic-Indic and other digits
 _SURROGATE = re.compile("[\ud800-\udfff]")
 MAX_IMAGE_NUMBER_DIGITS = 6
-
-
-@dataclass(frozen=True)
-class PromptLayout:
-    tokens: list[int]
-    image_mask: list[int]  # 1 on the Q slots of each image
-    image_order: list[int]  # for each placeholder in prompt order, the index of the image it shows
 
 
 def check_text(text: str, what: str = "prompt") -> str:
@@ -89,33 +78,6 @@ def split_prompt(prompt: str, num_images: int) -> tuple[list[str], list[int]]:
     return segments, order
 
 
-def build_layout(tokenizer: KosmosGTokenizer, prompt: str, num_images: int, slots: int) -> PromptLayout:
-    """Token ids and slot mask of an interleaved prompt, as the official demo builds them."""
-    segments, order = split_prompt(prompt, num_images)
-    tokens, mask = [tokenizer.bos_id], [0]
-    for text in segments[:-1]:
-        ids = text_ids(tokenizer, text)
-        tokens += ids + [tokenizer.boi_id] * (slots + 1) + [tokenizer.eoi_id]
-        mask += [0] * len(ids) + [0] + [1] * slots + [0]
-    ids = text_ids(tokenizer, segments[-1])
-    tokens += ids
-    mask += [0] * len(ids)
-    return PromptLayout(tokens, mask, order)
-
-
-def build_negative_tokens(tokenizer: KosmosGTokenizer, negative: str | None) -> list[int]:
-    """``[<s>] + ids(negative)``; an empty negative gives ``[<s>]``, the official null prompt."""
-    if negative is not None:
-        check_text(negative, "negative prompt")
-    if negative and _PLACEHOLDER.search(negative):
-        raise PromptError("the negative prompt is text only: remove the image placeholders from it.")
-    return [tokenizer.bos_id] + (text_ids(tokenizer, negative) if negative else [])
-
-
-def text_ids(tokenizer: KosmosGTokenizer, text: str) -> list[int]:
-    """Ids of user text. SentencePiece never turns typed ``<image>`` or ``</s>`` into those
-    symbols, but a model that lists one as a piece would: such ids become ``<unk>``, so the
-    layout's own ``<s>``/``<image>``/``</image>`` stay the only ones in the sequence."""
-    ids = tokenizer.encode(text)
-    reserved = {tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id, tokenizer.boi_id, tokenizer.eoi_id}
-    return [tokenizer.unk_id if i in reserved else i for i in ids]
+def has_placeholder(text: str) -> bool:
+    """Whether the text holds an image placeholder (``<i>`` or ``<imageN>``)."""
+    return _PLACEHOLDER.search(text) is not None

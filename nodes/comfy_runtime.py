@@ -17,9 +17,10 @@ import folder_paths
 import torch
 from comfy_api.v0_0_2 import io
 
-from kosmosg_core.encoder import KosmosGEncoder
+from kosmosg_core.kosmosg.encoder import KosmosGEncoder
+from kosmosg_core.dtypes import parse_dtype
 from kosmosg_core.errors import CheckpointError, ImageError
-from kosmosg_core.runner import name_problem
+from kosmosg_core.comfy_host import name_problem
 
 CHECKPOINT_EXTENSIONS = {".pt", ".pth", ".safetensors"}
 
@@ -65,7 +66,7 @@ def inside_folder(path: str, root: str) -> bool:
 def resolve_dtype(choice: str, device: torch.device) -> torch.dtype:
     """``auto``: fp32 on CPU (bf16 is only fast on CPUs with AMX), else ComfyUI's text-encoder policy."""
     if choice != "auto":
-        return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[choice]
+        return parse_dtype(choice)
     if mm.is_device_cpu(device):
         return torch.float32
     dtype = mm.text_encoder_dtype(device)

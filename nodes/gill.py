@@ -22,6 +22,7 @@ from kosmosg_core.gill.checkpoint import CHECKPOINT_FILE
 from kosmosg_core.gill.retrieval import RetrievalIndex
 from kosmosg_core.hooks import per_layer
 from kosmosg_core.image_processing import load_image_file
+from kosmosg_core.model_files import GILL_FOLDER
 
 from .comfy_runtime import (
     as_conditioning,
@@ -37,7 +38,7 @@ from .comfy_runtime import (
     resolve_dtype,
 )
 
-MODEL_FOLDER = "gill"
+MODEL_FOLDER = GILL_FOLDER
 CATEGORY = "conditioning/gill"
 GILLSocket = io.Custom("GILL")
 register_model_folder(MODEL_FOLDER)

@@ -11,8 +11,9 @@ import torch
 from comfy_api.v0_0_2 import io
 
 from kosmosg_core.errors import CheckpointError, ImageError
-from kosmosg_core.loading import load_kosmosg
-from kosmosg_core.quantization import QUANTIZATIONS
+from kosmosg_core.kosmosg.loading import load_kosmosg
+from kosmosg_core.model_files import KOSMOSG_FOLDER, KOSMOSG_WHAT_TO_DOWNLOAD
+from kosmosg_core.weights.quantization import QUANTIZATIONS
 
 from .comfy_runtime import (
     KosmosGImages,
@@ -30,18 +31,14 @@ from .comfy_runtime import (
     resolve_dtype,
 )
 
-MODEL_FOLDER = "kosmos_g"
+MODEL_FOLDER = KOSMOSG_FOLDER
 CATEGORY = "conditioning/kosmos-g"
-WHAT_TO_DOWNLOAD = (
-    "Kosmos-G needs checkpoint_final.pt from the official release (or a file converted from it with "
-    "`python -m kosmosg_core convert`), with sentencepiece.bpe.model and dict.txt beside it or in a "
-    "tokenizer/ subfolder."
-)
+WHAT_TO_DOWNLOAD = KOSMOSG_WHAT_TO_DOWNLOAD
 
 register_model_folder(MODEL_FOLDER)
 
 
-DTYPES = ["auto", "fp16", "bf16", "fp32"]
+DTYPES = ["auto", "fp16", "bf16", "fp32"]  # the order shown; the names are kosmosg_core.dtypes'
 DEVICES = ["auto", "gpu", "cpu"]
 
 

@@ -46,7 +46,7 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_report_header(config):
     """Which ComfyUI the ComfyUI-facing tests run on (the second host runs in tests/test_hosts.py)."""
-    from kosmosg_core.runner.host import ComfyNotFound, comfy_version, find_comfyui
+    from kosmosg_core.comfy_host.host import ComfyNotFound, comfy_version, find_comfyui
 
     try:
         root = find_comfyui()
@@ -69,7 +69,7 @@ def fixture_encoder(official_fixture):
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory) -> Path:
-    from kosmosg_core.synthetic import dict_lines_for, write_tiny_tokenizer
+    from kosmosg_core.kosmosg.synthetic import dict_lines_for, write_tiny_tokenizer
 
     directory = tmp_path_factory.mktemp("tokenizer")
     write_tiny_tokenizer(str(directory), dict_lines=dict_lines_for(400))
@@ -81,7 +81,7 @@ def tiny_checkpoint(tmp_path_factory, tiny_tokenizer_dir) -> Path:
     """A generated checkpoint_final.pt (768-wide output) with its tokenizer beside it."""
     import shutil
 
-    from kosmosg_core.synthetic import tiny_size, write_official_checkpoint
+    from kosmosg_core.kosmosg.synthetic import tiny_size, write_official_checkpoint
 
     folder = tmp_path_factory.mktemp("tiny_kosmosg")
     for name in ("sentencepiece.bpe.model", "dict.txt"):
@@ -95,8 +95,8 @@ def comfy(tmp_path_factory):
     loaded through ComfyUI's own custom-node loader, tiny models and input images in place."""
     from support.comfy_graphs import write_input_images
 
-    from kosmosg_core.runner.host import ComfyHost, find_comfyui
-    from kosmosg_core.runner.tiny_models import write_tiny_models
+    from kosmosg_core.comfy_host.host import ComfyHost, find_comfyui
+    from kosmosg_core.comfy_host.tiny_models import write_tiny_models
 
     base = tmp_path_factory.mktemp("comfy_base")
     host = ComfyHost(find_comfyui(), str(base), cpu=True)

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from kosmosg_core import CheckpointError, ImageError, PromptError, TokenizerError, load_kosmosg, open_checkpoint
-from kosmosg_core.synthetic import random_state_dict, tiny_size
+from kosmosg_core.kosmosg.synthetic import random_state_dict, tiny_size
 
 
 def test_missing_checkpoint_says_what_to_download(tmp_path):
@@ -69,7 +69,7 @@ def test_truncated_and_fake_files(tmp_path, official_fixture, tiny_checkpoint):
     with pytest.raises(CheckpointError, match="the file is empty"):
         open_checkpoint(tmp_path / "empty.pt")
 
-    from kosmosg_core.convert import convert
+    from kosmosg_core.kosmosg.convert import convert
 
     converted = tmp_path / "full.safetensors"
     convert(str(tiny_checkpoint), str(converted))

@@ -42,7 +42,7 @@ def test_int8_weights_keep_the_conditioning(official_fixture, fixture_encoder):
     import json
 
     from kosmosg_core import load_kosmosg
-    from kosmosg_core.quantization import resident_weight_bytes
+    from kosmosg_core.weights.quantization import resident_weight_bytes
 
     int8 = load_kosmosg(official_fixture / "checkpoint.pt", quantization="int8")
     fp32_bytes = resident_weight_bytes(fixture_encoder.model)

@@ -2,7 +2,7 @@
 
 A user's path: open the JSON with the frontend's own file input, see no missing node and no
 invalid link, press Run, see the image. The API prompt the frontend posts must equal the one
-``kosmosg_core.workflow.ui_to_api`` makes. Screenshots go to ``KOSMOSG_SCREENSHOT_DIR`` (the
+``kosmosg_core.comfy_host.workflow.ui_to_api`` makes. Screenshots go to ``KOSMOSG_SCREENSHOT_DIR`` (the
 README's pictures come from ``KOSMOSG_SCREENSHOT_DIR=docs/images``), else to a temp folder.
 
 Chromium is Debian's ``chromium`` (``CHROMIUM_PATH`` overrides); Playwright only drives it.
@@ -20,8 +20,8 @@ from playwright.sync_api import sync_playwright
 
 from support import REPO
 
-from kosmosg_core.runner import override
-from kosmosg_core.workflow import ui_to_api
+from kosmosg_core.comfy_host import override
+from kosmosg_core.comfy_host.workflow import ui_to_api
 
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"

@@ -80,7 +80,7 @@ def test_pack_registers_v3_nodes_through_its_entrypoint(comfy):
 
     from comfy_api.v0_0_2 import io
 
-    from kosmosg_core.runner.host import PACK_DIR
+    from kosmosg_core.comfy_host.host import PACK_DIR
 
     root = next(m for m in list(sys.modules.values())
                 if getattr(m, "__file__", None) == os.path.join(PACK_DIR, "__init__.py"))
@@ -99,7 +99,7 @@ def test_interface_matches_the_v1_snapshot(comfy):
 
 
 def test_the_classes_give_what_the_server_serves(comfy):
-    """The executor and ``kosmosg_core.workflow`` read INPUT_TYPES/RETURN_TYPES, the frontend /object_info."""
+    """The executor and ``kosmosg_core.comfy_host.workflow`` read INPUT_TYPES/RETURN_TYPES, the frontend /object_info."""
     classes = comfy.node_classes()
     for name in comfy.pack_nodes:
         cls, info = classes[name], object_info(classes[name], name, comfy.display_names())
@@ -137,7 +137,7 @@ if __name__ == "__main__":  # --write-snapshot: only ever from the V1 nodes, see
     import sys
     import tempfile
 
-    from kosmosg_core.runner.host import ComfyHost, find_comfyui
+    from kosmosg_core.comfy_host.host import ComfyHost, find_comfyui
 
     assert sys.argv[1:] == ["--write-snapshot"], "usage: python tests/test_comfy_interface.py --write-snapshot"
     host = ComfyHost(find_comfyui(), tempfile.mkdtemp(prefix="kosmosg_interface_"), cpu=True)

@@ -12,8 +12,8 @@ import torch
 from support.comfy_graphs import node, read_images, sd_graph
 
 from kosmosg_core.cli import main as cli_main
-from kosmosg_core.runner.host import PACK_DIR
-from kosmosg_core.runner.tiny_models import KOSMOSG_CHECKPOINT
+from kosmosg_core.comfy_host.host import PACK_DIR
+from kosmosg_core.comfy_host.tiny_models import KOSMOSG_CHECKPOINT
 
 PACK_NODES = ["GILLEncode", "GILLGenerateText", "GILLLoader", "GILLRetrieve",
               "KosmosGConcatCLIPText", "KosmosGEncode", "KosmosGImageList", "KosmosGLoader"]
@@ -175,7 +175,7 @@ def test_missing_checkpoint_lists_the_folders(comfy):
     ("checkpoint_stage1.pt", "stage-1 Kosmos-G checkpoint"),
 ])
 def test_other_release_files_are_explained(comfy, name, expected):
-    from kosmosg_core.synthetic import random_state_dict, tiny_size
+    from kosmosg_core.kosmosg.synthetic import random_state_dict, tiny_size
 
     folder = os.path.dirname(comfy.tiny_models["kosmos_g"])
     if name == "ViT-L-14-sd.pt":

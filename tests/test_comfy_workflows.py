@@ -10,8 +10,8 @@ import pytest
 from support import REPO
 from support.comfy_graphs import read_images
 
-from kosmosg_core.runner import override
-from kosmosg_core.workflow import ui_to_api
+from kosmosg_core.comfy_host import override
+from kosmosg_core.comfy_host.workflow import ui_to_api
 
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 USER_FILE_NAMES = {  # workflows name the files as users have them

@@ -43,7 +43,7 @@ def test_converted_file_layout(converted):
 
 
 def test_convert_refuses_same_file_and_leaves_no_partial(official_fixture, tmp_path):
-    from kosmosg_core.convert import convert
+    from kosmosg_core.kosmosg.convert import convert
 
     with pytest.raises(CheckpointError, match="same file"):
         convert(str(official_fixture / "checkpoint.pt"), str(official_fixture / "checkpoint.pt"))

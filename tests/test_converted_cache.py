@@ -8,9 +8,9 @@ import shutil
 import pytest
 import torch
 
-import kosmosg_core.checkpoint as checkpoint_module
+import kosmosg_core.kosmosg.checkpoint as checkpoint_module
 from kosmosg_core import load_kosmosg
-from kosmosg_core.converted_cache import CACHE_FOLDER, CACHE_SUFFIX, DISABLE_ENV
+from kosmosg_core.kosmosg.converted_cache import CACHE_FOLDER, CACHE_SUFFIX, DISABLE_ENV
 
 
 @pytest.fixture

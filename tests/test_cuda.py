@@ -135,8 +135,8 @@ def gpu_comfy(tmp_path_factory):
     booted = sys.modules.get("comfy.model_management")
     if booted is not None and booted.cpu_state == booted.CPUState.CPU:
         pytest.skip("ComfyUI already runs on the CPU in this process; run `pytest -m cuda` on its own")
-    from kosmosg_core.runner.host import ComfyHost, find_comfyui
-    from kosmosg_core.runner.tiny_models import write_tiny_models
+    from kosmosg_core.comfy_host.host import ComfyHost, find_comfyui
+    from kosmosg_core.comfy_host.tiny_models import write_tiny_models
 
     host = ComfyHost(find_comfyui(), str(tmp_path_factory.mktemp("comfy_gpu")), cpu=False)
     host.tiny_models = write_tiny_models(host.folder_paths.models_dir)

@@ -242,7 +242,7 @@ def test_mirror_mapping_and_default_folder(monkeypatch):
         "http://mirror:8080/conversationhub.blob.core.windows.net/beit-share-public/kosmosg/checkpoint_final.pt?"
         + KOSMOSG_CHECKPOINT.partition("?")[2])
     assert default_models_dir() == str(REPO / "comfy_home" / "models")
-    monkeypatch.setattr("kosmosg_core.runner.host.PACK_DIR", "/opt/ComfyUI/custom_nodes/ComfyUI-KosmosG")
+    monkeypatch.setattr("kosmosg_core.model_files.PACK_DIR", "/opt/ComfyUI/custom_nodes/ComfyUI-KosmosG")
     assert default_models_dir() == "/opt/ComfyUI/models"
 
 

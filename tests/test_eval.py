@@ -23,7 +23,7 @@ FAST = ["--steps", "2", "--size", "16", "--device", "cpu"]
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """Tiny SD 1.5 folder, scorers, Kosmos-G and GILL, and the four datasets."""
-    from kosmosg_core.runner.tiny_models import write_tiny_gill_folders, write_tiny_kosmosg
+    from kosmosg_core.comfy_host.tiny_models import write_tiny_gill_folders, write_tiny_kosmosg
 
     root = tmp_path_factory.mktemp("eval")
     saved = os.environ.get("TORCH_HOME")
@@ -310,7 +310,7 @@ def test_lpips_is_zero_for_identical_images_and_matches_a_hand_computation(env):
 
 
 def test_gill_negative_is_sd_text_encoder_on_empty_prompt(env):
-    from kosmosg_core.sd_pipeline import empty_prompt_embedding, load_sd15, make_scheduler
+    from kosmosg_core.evaluation.sd_pipeline import empty_prompt_embedding, load_sd15, make_scheduler
 
     pipe = load_sd15(env["sd"], "pndm", torch.float32)
     uncond = empty_prompt_embedding(pipe)

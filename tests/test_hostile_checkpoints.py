@@ -22,7 +22,7 @@ import torch
 from support.hostile_harness import Canary, assert_clear_error, run_cli
 
 from kosmosg_core import load_kosmosg, open_checkpoint
-from kosmosg_core.config import count_layers
+from kosmosg_core.weights.keys import count_layers
 from kosmosg_core.errors import (
     CheckpointError,
     KosmosGError,
@@ -30,7 +30,7 @@ from kosmosg_core.errors import (
     RefusedPickleError,
     TokenizerError,
 )
-from kosmosg_core.safe_pickle import RestrictedUnpickler, restricted_torch_load
+from kosmosg_core.weights.safe_pickle import RestrictedUnpickler, restricted_torch_load
 
 # -- pickle assembler -------------------------------------------------------------------------------
 
@@ -348,7 +348,7 @@ def test_layer_key_far_out_is_refused_in_pt_and_safetensors(official_fixture, tm
 
 
 def test_planted_cache_file_is_never_used(official_fixture, tmp_path, monkeypatch):
-    from kosmosg_core import converted_cache
+    from kosmosg_core.kosmosg import converted_cache
 
     monkeypatch.delenv(converted_cache.DISABLE_ENV, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
@@ -380,7 +380,7 @@ def test_planted_cache_file_is_never_used(official_fixture, tmp_path, monkeypatc
 
 @pytest.mark.parametrize("content", [b"\xff\xfe\x00bad", b"hello 1\n\x80\x81 2\n"])
 def test_non_utf8_dict_txt_is_a_tokenizer_error(official_fixture, tmp_path, content):
-    from kosmosg_core.tokenizer import KosmosGTokenizer
+    from kosmosg_core.kosmosg.tokenizer import KosmosGTokenizer
 
     _model_folder(official_fixture, tmp_path)
     (tmp_path / "dict.txt").write_bytes(content)
@@ -430,7 +430,7 @@ def test_gill_layer_gap_is_refused(gill_fixture, tmp_path):
 
 
 def test_convert_refuses_its_inputs_as_destination(official_fixture, tmp_path):
-    from kosmosg_core.convert import convert
+    from kosmosg_core.kosmosg.convert import convert
 
     _model_folder(official_fixture, tmp_path)
     shutil.copy(official_fixture / "checkpoint.pt", tmp_path / "checkpoint.pt")

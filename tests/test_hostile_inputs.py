@@ -30,7 +30,8 @@ from kosmosg_core.image_processing import (
     load_image_file,
     preprocess_images,
 )
-from kosmosg_core.prompt import build_layout, build_negative_tokens, split_prompt
+from kosmosg_core.kosmosg.layout import build_layout, build_negative_tokens
+from kosmosg_core.prompt import split_prompt
 
 # --------------------------------------------------------------------------------------------
 # generators

@@ -169,7 +169,7 @@ CLI_FILE_CASES = ["not-json", "json-list", "not-utf8", "deep-nesting", "huge-int
 @pytest.mark.parametrize("case", list(FILE_CASES))
 def test_bad_workflow_file_is_a_workflow_error(tmp_path, case):
     from kosmosg_core.errors import KosmosGError
-    from kosmosg_core.runner import load_workflow
+    from kosmosg_core.comfy_host import load_workflow
 
     site = Site(tmp_path)
     content, pattern = FILE_CASES[case]
@@ -198,8 +198,8 @@ IMAGE_NAME_PATTERN = r"node load \(LoadImage\) image .*(absolute|'\.\.'|NUL|empt
 
 @pytest.mark.parametrize("case", list(IMAGE_NAMES))
 def test_image_name_outside_input_is_refused_in_process(tmp_path, case):
-    from kosmosg_core.runner import check_file_names
-    from kosmosg_core.workflow import WorkflowError
+    from kosmosg_core.comfy_host import check_file_names
+    from kosmosg_core.comfy_host.workflow import WorkflowError
 
     name = IMAGE_NAMES[case] if case != "absolute" else str(tmp_path / "victim.png")
     with pytest.raises(WorkflowError, match=IMAGE_NAME_PATTERN):
@@ -238,7 +238,7 @@ def test_model_name_outside_model_folder_is_refused(site, name):
 ])
 def test_bad_size_in_process(value, smoke, pattern):
     from kosmosg_core.errors import KosmosGError
-    from kosmosg_core.runner import parse_size
+    from kosmosg_core.comfy_host import parse_size
 
     with pytest.raises(KosmosGError, match=pattern):
         parse_size(value, smoke)
@@ -321,7 +321,7 @@ def good_ui() -> dict:
 
 
 def test_converter_stand_in_converts_the_good_workflow():
-    from kosmosg_core.workflow import ui_to_api
+    from kosmosg_core.comfy_host.workflow import ui_to_api
 
     prompt = ui_to_api(good_ui(), CLASSES)
     assert prompt["2"]["inputs"] == {"model": ["1", 0], "seed": 5, "steps": 3}
@@ -362,7 +362,7 @@ CONVERTER_CASES = {
 @pytest.mark.parametrize("case", list(CONVERTER_CASES))
 def test_converter_refuses_with_a_workflow_error(case):
     from kosmosg_core.errors import KosmosGError
-    from kosmosg_core.workflow import WorkflowError, ui_to_api
+    from kosmosg_core.comfy_host.workflow import WorkflowError, ui_to_api
 
     workflow, pattern = CONVERTER_CASES[case]
     with pytest.raises(WorkflowError, match=pattern) as caught:
@@ -371,7 +371,7 @@ def test_converter_refuses_with_a_workflow_error(case):
 
 
 def test_converter_checks_output_slots():
-    from kosmosg_core.workflow import WorkflowError, check_output_slots
+    from kosmosg_core.comfy_host.workflow import WorkflowError, check_output_slots
 
     prompt = api(a=("Loader", {"ckpt": "a.pt"}), b=("Sampler", {"model": ["a", 3]}))
     with pytest.raises(WorkflowError, match=r"uses output 3 of node a \('Loader'\), which has 1 output"):
@@ -451,7 +451,7 @@ def test_smoke_run_keeps_the_users_files_and_writes_only_into_its_base(site):
 # --- the nodes, in the in-process ComfyUI -------------------------------------------------------------
 
 def _pack_module(name: str):
-    from kosmosg_core.runner.host import PACK_DIR
+    from kosmosg_core.comfy_host.host import PACK_DIR
 
     wanted = os.path.join(PACK_DIR, "nodes", name)
     return next(m for m in list(sys.modules.values()) if getattr(m, "__file__", None) == wanted)

@@ -10,16 +10,16 @@ import pytest
 import torch
 
 from kosmosg_core import load_kosmosg
-from kosmosg_core.checkpoint import MappedFile, module_key, open_checkpoint
-from kosmosg_core.convert import write_converted
-from kosmosg_core.host_memory import cast_into, empty_weight
-from kosmosg_core.loading import build_model
+from kosmosg_core.kosmosg.checkpoint import MappedFile, module_key, open_checkpoint
+from kosmosg_core.kosmosg.convert import write_converted
+from kosmosg_core.weights.host_memory import cast_into, empty_weight
+from kosmosg_core.kosmosg.loading import build_model
 
 
 @pytest.fixture(scope="module")
 def fp16_file(official_fixture, tmp_path_factory) -> Path:
     """The fixture converted to fp16 (the release's own dtype), tokenizer embedded."""
-    from kosmosg_core.tokenizer import KosmosGTokenizer
+    from kosmosg_core.kosmosg.tokenizer import KosmosGTokenizer
 
     path = tmp_path_factory.mktemp("fp16") / "checkpoint_final.safetensors"
     source = open_checkpoint(official_fixture / "checkpoint.pt")
@@ -117,7 +117,7 @@ def test_int8_quantizes_layer_by_layer_to_the_same_weights(fp16_file, monkeypatc
 
     from torchao.quantization import Int8WeightOnlyConfig, quantize_
 
-    import kosmosg_core.loading as loading
+    import kosmosg_core.kosmosg.loading as loading
 
     alive, most_alive = set(), []
     real_empty, real_quantize = loading.empty_weight, loading.quantize_linear
@@ -164,7 +164,7 @@ def test_a_weight_of_the_wrong_shape_is_named_before_anything_is_read(fp16_file,
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 def test_freed_holes_between_kept_tensors_go_back_to_the_os():
-    from kosmosg_core.host_memory import _MALLOC_TRIM, return_freed_memory
+    from kosmosg_core.weights.host_memory import _MALLOC_TRIM, return_freed_memory
 
     if _MALLOC_TRIM is None:
         pytest.skip("this libc has no malloc_trim")
@@ -184,7 +184,7 @@ def test_freed_holes_between_kept_tensors_go_back_to_the_os():
 def test_a_tensor_stored_misaligned_is_read_and_cast_in_pieces(tmp_path, dtype):
     """Where the file cannot give a view (offset not a multiple of the item size) the positional
     reader fills the weight, chunk by chunk, with the same cast."""
-    from kosmosg_core.checkpoint import ChunkedReader
+    from kosmosg_core.kosmosg.checkpoint import ChunkedReader
 
     source = torch.randn(5000).half()
     path = tmp_path / "blob"

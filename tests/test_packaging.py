@@ -93,7 +93,7 @@ def published(tmp_path_factory) -> Path:
 def test_archive_holds_the_pack_and_nothing_else(published):
     names = published.joinpath(".names").read_text().splitlines()
     assert {name.split("/")[0] for name in names} <= PUBLISHED_ROOTS
-    for needed in ("__init__.py", "nodes/kosmosg.py", "nodes/gill.py", "kosmosg_core/cli.py", "LICENSE",
+    for needed in ("__init__.py", "nodes/kosmosg.py", "nodes/gill.py", "kosmosg_core/cli/__init__.py", "LICENSE",
                    "pyproject.toml", "requirements.txt", "README.md"):
         assert needed in names
     assert {f"workflows/{p.name}" for p in (REPO / "workflows").glob("*.json")} <= set(names)
@@ -159,7 +159,7 @@ def test_pip_install_ships_every_subpackage(tmp_path):
     assert not installed & {"nodes", "tests", "support", "data", "training", "scripts", "workflows"}
     for command in ([str(venv / "bin" / "kosmosg"), "encode", "--help"],
                     [str(python), "-m", "kosmosg_core", "eval", "--help"],
-                    [str(python), "-c", "import kosmosg_core, kosmosg_core.gill, kosmosg_core.runner, "
+                    [str(python), "-c", "import kosmosg_core, kosmosg_core.gill, kosmosg_core.comfy_host, "
                                         "kosmosg_core.evaluation; print(kosmosg_core.__file__)"]):
         done = subprocess.run(command, cwd=away, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, (command, done.stdout[-2000:], done.stderr[-4000:])

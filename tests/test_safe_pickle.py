@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from kosmosg_core import RefusedPickleError, load_kosmosg, open_checkpoint
-from kosmosg_core.safe_pickle import InertObject, restricted_torch_load
-from kosmosg_core.synthetic import random_state_dict, tiny_size
+from kosmosg_core.weights.safe_pickle import InertObject, restricted_torch_load
+from kosmosg_core.kosmosg.synthetic import random_state_dict, tiny_size
 
 
 def test_fairseq_style_file_with_metadata_loads(tmp_path, tiny_tokenizer_dir):
@@ -79,7 +79,7 @@ def test_plain_pickle_protocols_rebuild_stand_ins(tmp_path):
         with open(path, "wb") as handle:
             pickle.dump({"model": {}, "args": argparse.Namespace(a=1)}, handle, protocol=protocol)
         with open(path, "rb") as handle:
-            from kosmosg_core.safe_pickle import RestrictedUnpickler
+            from kosmosg_core.weights.safe_pickle import RestrictedUnpickler
             obj = RestrictedUnpickler(handle).load()
         assert obj["args"].a == 1 and type(obj["args"]).__name__ == "Namespace"
 

@@ -9,7 +9,7 @@ import pytest
 from support import require_shared
 
 from kosmosg_core import KosmosGTokenizer, TokenizerError
-from kosmosg_core.tokenizer import FairseqDictionary
+from kosmosg_core.kosmosg.tokenizer import FairseqDictionary
 
 
 @pytest.fixture(scope="module")

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import torch
+from safetensors.torch import save_file
 
-from kosmosg_core.checkpoint import DICT_TENSOR, SPM_TENSOR, CONVERTED_FORMAT, official_key, open_checkpoint
-from kosmosg_core.convert import write_safetensors
 from kosmosg_core.image_processing import preprocess_images
-from kosmosg_core.loading import build_model, resolve_tokenizer
-from kosmosg_core.prompt import build_layout
+from kosmosg_core.kosmosg.checkpoint import (
+    CONVERTED_FORMAT, DICT_TENSOR, SPM_TENSOR, official_key, open_checkpoint, tokenizer_tensors,
+)
+from kosmosg_core.kosmosg.encoder import mllm_forward
+from kosmosg_core.kosmosg.layout import build_layout
+from kosmosg_core.kosmosg.loading import build_model
+from kosmosg_core.kosmosg.tokenizer import resolve_tokenizer
 from kosmosg_core.safe_files import atomic_write_with
-
-PAD = 1
 
 
 def load_kosmosg_for_training(init: str, tokenizer: str | None = None):
@@ -43,33 +44,17 @@ def set_trainable(model, stage: str) -> None:
         model.aligner.encoder_query.requires_grad_(True)
 
 
-def pad_batch(sequences: list[list[int]], masks: list[list[int]] | None = None, pad_to: int | None = None):
-    if pad_to is not None:
-        sequences = [s[:pad_to] for s in sequences]
-        masks = None if masks is None else [m[:pad_to] for m in masks]
-    width = pad_to or max(len(s) for s in sequences)
-    tokens = torch.full((len(sequences), width), PAD, dtype=torch.long)
-    image_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        tokens[row, : len(seq)] = torch.tensor(seq)
-        if masks is not None:
-            image_mask[row, : len(seq)] = torch.tensor(masks[row])
-    return tokens, image_mask
-
-
 def encode_prompts(model, tokenizer, prompts: list[str], images: list[list], device,
                    pad_to: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Differentiable MLLM pass: (final-LN hidden states (B, T, D), token ids (B, T))."""
+    """Differentiable MLLM pass: (final-LN hidden states (B, T, D), token ids (B, T)); the same
+    padded forward as inference (kosmosg_core's ``mllm_forward``), padded with the tokenizer's id."""
     config = model.config
     layouts = [build_layout(tokenizer, p, len(imgs), config.latent_queries) for p, imgs in zip(prompts, images)]
     ordered = [imgs[i] for layout, imgs in zip(layouts, images) for i in layout.image_order]
-    tokens, image_mask = pad_batch([l.tokens for l in layouts], [l.image_mask for l in layouts], pad_to)
-    embeds = None
-    if ordered:
-        pixels = preprocess_images(ordered, config.image_size).to(device=device, dtype=torch.float32)
-        embeds = model.encode_images(pixels)
-    hidden = model.mllm_hidden_states(tokens.to(device), embeds, image_mask.to(device))
-    return hidden, tokens.to(device)
+    pixels = preprocess_images(ordered, config.image_size) if ordered else None
+    tokens, _, _, hidden = mllm_forward(model, [l.tokens for l in layouts], [l.image_mask for l in layouts], pixels,
+                                        tokenizer.pad_id, device, torch.float32, pad_to)
+    return hidden, tokens
 
 
 def export_kosmosg(state_dict: dict, tokenizer, path: str, kind: str, prefix: str = "kosmos.") -> str:
@@ -78,12 +63,11 @@ def export_kosmosg(state_dict: dict, tokenizer, path: str, kind: str, prefix: st
     module's full state dict; only keys under ``prefix`` (the Kosmos-G model) are kept."""
     state = {official_key(k[len(prefix):]): v.detach().to(torch.float16).contiguous().cpu()
              for k, v in state_dict.items() if k.startswith(prefix)}
-    state["tokenizer.sentencepiece_model"] = torch.from_numpy(np.frombuffer(tokenizer.spm_model_bytes, np.uint8).copy())
-    state["tokenizer.dict_txt"] = torch.from_numpy(np.frombuffer(tokenizer.dict_txt.encode(), np.uint8).copy())
+    state.update(tokenizer_tensors(tokenizer))
     assert SPM_TENSOR in state and DICT_TENSOR in state
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    # temp-then-rename: an earlier run's file is replaced only by a complete new one
-    atomic_write_with(path, lambda tmp: write_safetensors(
-        tmp, {k: tuple(v.shape) for k, v in state.items()}, {k: v.dtype for k, v in state.items()},
-        state.__getitem__, {"format": CONVERTED_FORMAT, "kind": kind, "source": "training"}))
+    # the whole state is in memory: safetensors' own writer; temp-then-rename, so an earlier run's file is
+    # replaced only by a complete new one
+    atomic_write_with(path, lambda tmp: save_file(state, tmp, metadata={"format": CONVERTED_FORMAT, "kind": kind,
+                                                                        "source": "training"}))
     return path

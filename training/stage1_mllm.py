@@ -6,7 +6,7 @@ Next-token loss on text tokens only (image slots, ``<image>``/``</image>`` and p
 targets). Data: ``caption`` samples (image-caption pairs: ``<i> caption``; without an image, plain
 text) and ``interleaved`` documents. Trained: MLLM, connector, the last CLIP block and ln_post (CLIP
 otherwise frozen, as in the paper). ``--init`` may be any Kosmos-G checkpoint; to start from
-scratch, make a random one first (``kosmosg_core.synthetic``) and pass it.
+scratch, make a random one first (``kosmosg_core.kosmosg.synthetic``) and pass it.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ import os
 
 import torch
 
-from kosmosg_core.modeling_aligner import AlignerConfig, AlignerNet
+from kosmosg_core.kosmosg.aligner import AlignerConfig, AlignerNet
 from training.data import ShardDataset
 from training.engine import Trainer, UsageError, add_common_args, new_parser, prepare_output, run_main
 from training.kosmosg_common import encode_prompts, export_kosmosg, load_kosmosg_for_training, set_trainable
@@ -69,7 +69,7 @@ class AlignModel(torch.nn.Module):
             ids = self.teacher_tokenizer(captions, padding="max_length", max_length=queries, truncation=True,
                                          return_tensors="pt").input_ids.to(device)
             target = self.teacher(input_ids=ids).last_hidden_state
-        padding = tokens.eq(1)
+        padding = tokens.eq(self.tokenizer.pad_id)
         aligned = self.kosmos.aligner(hidden, padding if padding.any() else None)
         mse = (aligned.float() - target.float()).pow(2).mean()
         rec = self.kosmos.aligner.reconstruct(aligned, hidden.shape[1])

@@ -88,7 +88,7 @@ class InstructModel(torch.nn.Module):
         generators = [sample_generator(self.seed, batch.epoch, i) for i in batch.indices]
         prompts, images = zip(*(build_prompt(s, g) for s, g in zip(batch.samples, generators)))
         hidden, tokens = encode_prompts(self.kosmos, self.tokenizer, list(prompts), list(images), device)
-        padding = tokens.eq(1)
+        padding = tokens.eq(self.tokenizer.pad_id)
         cond = self.kosmos.align(hidden, padding if padding.any() else None)
         null_hidden, _ = encode_prompts(self.kosmos, self.tokenizer, [""], [[]], device)
         null = self.kosmos.align(null_hidden, None)  # learned, with gradients (official)

@@ -161,7 +161,7 @@ def _place(source: str, folder: str) -> str:
 def run(rec: Recorder, dynamic=None) -> None:
     """``dynamic``: None (the runner as it is), or the (before boot, after boot) pair of functions of
     :mod:`.comfy_dynamic` that turn on ComfyUI 0.33's DynamicVRAM as its main.py does."""
-    from ..runner.host import ComfyHost, find_comfyui
+    from ..comfy_host.host import ComfyHost, find_comfyui
 
     tiny, work, device = rec.tiny, rec.settings["work"], rec.settings["device"]
     kosmos = rec.step("kosmos_g_files", lambda: ensure_files(work, tiny, rec.say), need=0 if tiny else 60)
@@ -198,7 +198,7 @@ def run(rec: Recorder, dynamic=None) -> None:
         if os.path.exists(checkpoint):  # written by the section before (comfy, then comfy_dynamic)
             return {"reused": checkpoint}
         if tiny:  # the tiny test model; the real layout is still checked, on meta tensors
-            from ..runner.tiny_models import write_tiny_sd15
+            from ..comfy_host.tiny_models import write_tiny_sd15
 
             write_tiny_sd15(checkpoint)
             return {"tiny": True, "real_layout": sd15.layout(), "write_seconds": round(time.perf_counter() - began, 2)}

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import time
 import traceback
 
+from ..safe_files import atomic_write_text
+
 
 def write_json_atomic(path: str, data) -> None:
     """Temp file, then rename: a reader (or a killed run) sees the old file or the new one, never half."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=1, default=str)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1, default=str))
 
 
 def one_line(exc: BaseException, limit: int = 400) -> str:

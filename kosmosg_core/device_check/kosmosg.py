@@ -19,8 +19,8 @@ FOUR_IMAGES = "<i> and <i> wearing <i> in front of <i>, a photo"
 def ensure_files(work: str, tiny: bool, say=print) -> dict:
     """The official-format ``.pt`` (fp16, as released), its tokenizer and the converted ``.safetensors``
     under ``work/kosmos_g``; written once per run (the ComfyUI section reuses them)."""
-    from ..convert import convert
-    from ..synthetic import dict_lines_for, official_size, tiny_size, write_official_checkpoint, write_tiny_tokenizer
+    from ..kosmosg.convert import convert
+    from ..kosmosg.synthetic import dict_lines_for, official_size, tiny_size, write_official_checkpoint, write_tiny_tokenizer
 
     folder = os.path.join(work, "kosmos_g")
     paths = {"pt": os.path.join(folder, PT), "safetensors": os.path.join(folder, ST), "tokenizer": folder}
@@ -51,8 +51,8 @@ def _images(count: int, tiny: bool) -> list:
 
 def measure_load(paths: dict, file: str, dtype: str, device: str, tiny: bool, encode: bool,
                  quantization: str = "none") -> dict:
-    from ..loading import load_kosmosg
-    from ..quantization import resident_weight_bytes
+    from ..kosmosg.loading import load_kosmosg
+    from ..weights.quantization import resident_weight_bytes
 
     free_device_memory()
     reset_peak(device)
@@ -86,7 +86,7 @@ def measure_load(paths: dict, file: str, dtype: str, device: str, tiny: bool, en
 
 def _torchao_problem() -> str | None:
     try:
-        from ..quantization import import_torchao
+        from ..weights.quantization import import_torchao
 
         import_torchao()
     except Exception as exc:  # noqa: BLE001
@@ -122,4 +122,4 @@ def run(rec: Recorder) -> None:
         if result:
             rec.say(f"int8: {gb(result['weight_bytes'])} GB, 2-image encode {result['encode_2_images']['median_ms']:.1f} ms")
     rec.put("fp8", {"status": "not offered", "reason": "the pack's quantization options are none and int8 "
-                                                       "(kosmosg_core.quantization.QUANTIZATIONS); no fp8 path to measure"})
+                                                       "(kosmosg_core.weights.quantization.QUANTIZATIONS); no fp8 path to measure"})

@@ -33,7 +33,7 @@ def meta_state() -> dict[str, dict]:
     from comfy.ldm.models.autoencoder import AutoencoderKL
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
-    from ..runner.tiny_models import CLIP_CONFIG
+    from ..comfy_host.tiny_models import CLIP_CONFIG
 
     with torch.device("meta"):
         unet = UNetModel(**UNET, operations=comfy.ops.disable_weight_init)
@@ -68,14 +68,14 @@ def write(path: str, seed: int = 0) -> dict:
     """The random real-size checkpoint at ``path`` (fp16 safetensors); returns its layout figures."""
     from safetensors.torch import save_file
 
-    from ..runner.tiny_models import _randomize
+    from ..comfy_host.tiny_models import randomize
 
     generator = torch.Generator().manual_seed(seed)
     parts = meta_state()
     state = {}
     for part in parts.values():
         templates = {k: torch.empty(v.shape, dtype=v.dtype) for k, v in part.items()}
-        state.update({k: v.half() if v.is_floating_point() else v for k, v in _randomize(templates, generator).items()})
+        state.update({k: v.half() if v.is_floating_point() else v for k, v in randomize(templates, generator).items()})
         del templates
     state["cond_stage_model.transformer.text_model.embeddings.position_ids"] = torch.arange(77).unsqueeze(0)
     save_file(state, path)

@@ -16,7 +16,7 @@ from PIL import Image
 
 from ..image_processing import load_image_file
 from ..safe_files import atomic_write_with
-from ..sd_pipeline import empty_prompt_embedding, generate_images
+from .sd_pipeline import empty_prompt_embedding, generate_images
 from .datasets import EvalItem
 
 

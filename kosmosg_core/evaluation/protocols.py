@@ -14,11 +14,11 @@ from dataclasses import asdict
 
 import torch
 
+from ..dtypes import parse_dtype
 from ..errors import KosmosGError
 from . import datasets
 from .generation import GillConditioner, KosmosGConditioner, Sampling, generate_missing, image_paths, is_main_process
-from .published import PUBLISHED
-from .cli import SCORERS
+from .published import PUBLISHED, SCORERS
 from .report import write_results
 
 # Official settings (Kosmos-G: sample_kosmosg_{dreambench,coco}.py; GILL: evals/generate_*_images.py).
@@ -59,12 +59,12 @@ def sampling_for(args: argparse.Namespace) -> Sampling:
 
 def _dtype(args: argparse.Namespace) -> torch.dtype:
     name = args.dtype or ("fp16" if args.device.startswith("cuda") else "fp32")
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+    return parse_dtype(name)
 
 
 def _conditioner(args: argparse.Namespace, pipe, dtype: torch.dtype):
     if PROTOCOLS[args.protocol]["backend"] == "kosmos-g":
-        from ..loading import load_kosmosg
+        from ..kosmosg.loading import load_kosmosg
 
         return KosmosGConditioner(load_kosmosg(args.checkpoint, args.tokenizer, dtype=dtype, device=args.device))
     from ..gill import load_gill
@@ -79,7 +79,7 @@ def _conditioner(args: argparse.Namespace, pipe, dtype: torch.dtype):
 def _generate(args: argparse.Namespace, items: list, sampling: Sampling) -> None:
     from tqdm import tqdm
 
-    from ..sd_pipeline import load_sd15
+    from .sd_pipeline import load_sd15
 
     dtype = _dtype(args)
     pipe = load_sd15(args.sd, sampling.scheduler, dtype, args.device)

@@ -4,6 +4,10 @@ KOSMOSG_PAPER = "Kosmos-G paper (Pan et al., ICLR 2024), Table 1"
 GILL_VIST = "GILL paper/project page (Koh et al., NeurIPS 2023), Table 1"
 GILL_VISDIAL = "GILL paper/project page (Koh et al., NeurIPS 2023), Table 2"
 
+# the scorer models the protocols use by default (the papers' choices)
+SCORERS = {"dino": "facebook/dino-vits16", "clip_b32": "openai/clip-vit-base-patch32",
+           "clip_l14": "openai/clip-vit-large-patch14"}
+
 PUBLISHED = {
     "dreambench": [
         {"model": "Kosmos-G (single image input)", "source": KOSMOSG_PAPER, "dino": 0.694, "clip_i": 0.847, "clip_t": 0.287},

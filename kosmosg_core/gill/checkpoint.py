@@ -12,11 +12,10 @@ import os
 
 import torch
 
-from ..checkpoint import _wrong_family
-from ..config import count_layers
 from ..errors import CheckpointError
 from ..safe_files import read_text
-from ..safe_pickle import restricted_torch_load
+from ..weights.keys import count_layers, wrong_family
+from ..weights.safe_pickle import restricted_torch_load
 from .modeling import DecisionModel, GILLHeadsConfig
 
 CHECKPOINT_FILE = "pretrained_ckpt.pth.tar"
@@ -72,7 +71,7 @@ def read_heads_state(directory: str) -> dict[str, torch.Tensor]:
     raw = _state_dict(restricted_torch_load(path), path)
     state = {_strip(k): v for k, v in raw.items()}
     if MAPPER + "fc.weight" not in state:
-        family = _wrong_family(list(raw)) or (
+        family = wrong_family(list(raw)) or (
             "it is a Kosmos-G checkpoint; load it with the Kosmos-G loader" if any(k.startswith("gpt_model.") for k in raw)
             else f"its weights are named {', '.join(sorted({k.split('.')[0] for k in raw})[:6])}.*"
         )

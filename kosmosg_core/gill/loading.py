@@ -8,7 +8,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..image_processing import CLIP_MEAN, CLIP_STD
-from ..loading import parse_dtype
+from ..dtypes import parse_dtype
 from .checkpoint import (
     CHECKPOINT_FILE,
     IMG_ROWS,

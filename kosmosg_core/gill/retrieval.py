@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ..errors import CheckpointError, ImageError
 from ..safe_files import atomic_write_with, regular_file
-from ..safe_pickle import RefusedPickleError, RestrictedUnpickler, damaged_file_message
+from ..weights.safe_pickle import RefusedPickleError, RestrictedUnpickler, damaged_file_message
 
 INDEX_FORMAT = "kosmosg-gill-index/1"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")

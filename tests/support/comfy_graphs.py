@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from kosmosg_core.runner.tiny_models import CONTROLNET, KOSMOSG_CHECKPOINT, LORA, SD15_CHECKPOINT
+from kosmosg_core.comfy_host.tiny_models import CONTROLNET, KOSMOSG_CHECKPOINT, LORA, SD15_CHECKPOINT
 
 
 def node(kind: str, **inputs) -> dict:

@@ -37,7 +37,7 @@ class ComfyServer:
 
     def __init__(self, base: Path, models_dir: str):
         """``models_dir``: a ComfyUI models folder (the in-process host's, so both use the same files)."""
-        from kosmosg_core.runner.host import find_comfyui
+        from kosmosg_core.comfy_host.host import find_comfyui
 
         self.base, self.port = base, free_port()
         self.url = f"http://127.0.0.1:{self.port}"

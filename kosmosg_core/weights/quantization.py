@@ -14,7 +14,7 @@ import logging
 
 import torch
 
-from .errors import KosmosGError
+from ..errors import KosmosGError
 
 QUANTIZATIONS = ("none", "int8")
 

@@ -14,7 +14,7 @@ import os
 
 import torch
 
-from ..synthetic import dict_lines_for, tiny_size, write_official_checkpoint, write_tiny_tokenizer
+from ..kosmosg.synthetic import dict_lines_for, tiny_size, write_official_checkpoint, write_tiny_tokenizer
 
 SD15_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 CONTROLNET = "control_v11p_sd15_canny.pth"
@@ -43,7 +43,7 @@ LORA_TARGETS = {  # kohya names of the first transformer block -> (in, out, is 1
 }
 
 
-def _randomize(state: dict, generator: torch.Generator) -> dict:
+def randomize(state: dict, generator: torch.Generator) -> dict:
     out = {}
     for key, value in state.items():
         if not value.is_floating_point():
@@ -62,7 +62,7 @@ def _unet_state(config: dict, cls, generator) -> dict:
     with torch.device("meta"):
         module = cls(**config, operations=comfy.ops.disable_weight_init)
     shapes = {k: torch.empty(v.shape, dtype=v.dtype) for k, v in module.state_dict().items()}
-    return _randomize(shapes, generator)
+    return randomize(shapes, generator)
 
 
 def write_tiny_sd15(path: str, seed: int = 0) -> str:
@@ -77,11 +77,11 @@ def write_tiny_sd15(path: str, seed: int = 0) -> str:
     with torch.device("meta"):
         clip = CLIPTextModel(CLIP_CONFIG, torch.float32, None, comfy.ops.disable_weight_init)
     clip_state = {k: torch.empty(v.shape, dtype=v.dtype) for k, v in clip.state_dict().items() if "text_projection" not in k}
-    clip_state = _randomize(clip_state, generator)
+    clip_state = randomize(clip_state, generator)
     clip_state["text_model.embeddings.position_ids"] = torch.arange(77).unsqueeze(0)
     state.update({f"cond_stage_model.transformer.{k}": v for k, v in clip_state.items()})
     taesd = TAESD(latent_channels=4)
-    state.update({f"first_stage_model.{k}": v for k, v in _randomize(taesd.state_dict(), generator).items()})
+    state.update({f"first_stage_model.{k}": v for k, v in randomize(taesd.state_dict(), generator).items()})
     save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, path)
     return path
 

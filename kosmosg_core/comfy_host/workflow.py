@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from .errors import KosmosGError
+from ..errors import KosmosGError
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 SEED_CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import PromptError
-from .hooks import LayerCallback, per_layer
-from .image_processing import as_pil_images, preprocess_images
-from .modeling_kosmosg import KosmosGModel
-from .prompt import PromptLayout, build_layout, build_negative_tokens
+from ..errors import PromptError
+from ..hooks import LayerCallback, per_layer
+from ..image_processing import as_pil_images, preprocess_images
+from .modeling import KosmosGModel
+from .layout import PromptLayout, build_layout, build_negative_tokens
 from .tokenizer import KosmosGTokenizer
 
 
@@ -38,6 +38,38 @@ class _Forward:
     mllm_hidden: torch.Tensor
     aligned: torch.Tensor
     lengths: list[int]
+
+
+def pad_batch(sequences: Sequence[list[int]], masks: Sequence[list[int]] | None, pad_id: int,
+              pad_to: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token ids, image-slot mask), each (B, T): right-padded with the tokenizer's ``<pad>`` id
+    to the longest sequence, or cut/padded to ``pad_to``."""
+    if pad_to is not None:
+        sequences = [s[:pad_to] for s in sequences]
+        masks = None if masks is None else [m[:pad_to] for m in masks]
+    width = pad_to or max(len(s) for s in sequences)
+    tokens = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    image_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        tokens[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        if masks is not None:
+            image_mask[row, : len(masks[row])] = torch.tensor(masks[row], dtype=torch.long)
+    return tokens, image_mask
+
+
+def mllm_forward(model: KosmosGModel, sequences: Sequence[list[int]], masks: Sequence[list[int]], pixel_values,
+                 pad_id: int, device, dtype: torch.dtype, pad_to: int | None = None):
+    """The one padded MLLM pass, for inference (the encoder calls it under ``torch.inference_mode``)
+    and for training (called with gradients): pad the prompts with ``pad_id``, encode the images,
+    run the MLLM. Returns (tokens, image_mask, image_embeds or None, final-LN hidden states), the
+    first two and the last on ``device``."""
+    tokens, image_mask = pad_batch(sequences, masks, pad_id, pad_to)
+    tokens, image_mask = tokens.to(device), image_mask.to(device)
+    image_embeds = None
+    if pixel_values is not None and len(pixel_values):
+        image_embeds = model.encode_images(pixel_values.to(device=device, dtype=dtype))
+    hidden = model.mllm_hidden_states(tokens, image_embeds, image_mask)
+    return tokens, image_mask, image_embeds, hidden
 
 
 class KosmosGEncoder:
@@ -90,22 +122,13 @@ class KosmosGEncoder:
     # -- model side ----------------------------------------------------------------------------
     @torch.inference_mode()
     def _forward(self, sequences: Sequence[list[int]], masks: Sequence[list[int]], pixel_values) -> _Forward:
-        device, dtype = self.device, self.dtype
+        """The shared padded pass (:func:`mllm_forward`) under inference mode, then the AlignerNet."""
+        tokens, image_mask, image_embeds, hidden = mllm_forward(
+            self.model, sequences, masks, pixel_values, self.tokenizer.pad_id, self.device, self.dtype)
         lengths = [len(s) for s in sequences]
-        width = max(lengths)
-        pad = self.tokenizer.pad_id
-        tokens = torch.full((len(sequences), width), pad, dtype=torch.long)
-        image_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-        for row, (seq, mask) in enumerate(zip(sequences, masks)):
-            tokens[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-            image_mask[row, : len(mask)] = torch.tensor(mask, dtype=torch.long)
-        image_embeds = None
-        if pixel_values is not None and len(pixel_values):
-            image_embeds = self.model.encode_images(pixel_values.to(device=device, dtype=dtype))
-        hidden = self.model.mllm_hidden_states(tokens.to(device), image_embeds, image_mask.to(device))
-        padding = tokens.eq(pad).to(device) if min(lengths) < width else None
+        padding = tokens.eq(self.tokenizer.pad_id) if min(lengths) < max(lengths) else None
         aligned = self.model.align(hidden, padding)
-        return _Forward(tokens, image_mask, pixel_values, image_embeds, hidden, aligned, lengths)
+        return _Forward(tokens.cpu(), image_mask.cpu(), pixel_values, image_embeds, hidden, aligned, lengths)
 
     def null_embedding(self) -> torch.Tensor:
         """``M(MLLM([<s>]))``, the official CFG null embedding; computed once per model."""

@@ -23,7 +23,7 @@ import stat
 import torch
 
 from .checkpoint import KIND_FINAL, Checkpoint, open_checkpoint
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .errors import KosmosGError
+from ..errors import KosmosGError
 
 # SD 1.5's scheduler/scheduler_config.json (a PNDM config every scheduler below re-reads).
 SD15_SCHEDULER_CONFIG = {

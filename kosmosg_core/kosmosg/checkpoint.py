@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 import torch
 
 from .config import ALIGNER, CONNECTOR, TEXT, VISION
-from .errors import CheckpointError, TokenizerError
-from .host_memory import PAGE, cast_into, inner_pages
-from .safe_files import regular_file
-from .safe_pickle import damaged_file_message, restricted_torch_load
+from ..errors import CheckpointError, TokenizerError
+from ..weights.keys import wrong_family
+from ..weights.safetensors_io import SAFETENSORS_DTYPES
+from ..weights.host_memory import PAGE, cast_into, inner_pages
+from ..safe_files import regular_file
+from ..weights.safe_pickle import damaged_file_message, restricted_torch_load
 
 CONVERTED_FORMAT = "kosmosg-core/1"
 TOKENIZER_PREFIX = "tokenizer."  # converted files may embed the tokenizer as uint8 tensors
@@ -95,38 +97,14 @@ def official_key(name: str) -> str:
     return name
 
 
-def _wrong_family(keys: list[str]) -> str | None:
-    """A sentence naming what this file is, when it is something other than Kosmos-G."""
 
-    def has(prefix: str) -> bool:
-        return any(k.startswith(prefix) for k in keys)
-
-    if has("model.diffusion_model.") or has("first_stage_model.") or has("cond_stage_model."):
-        return (
-            "it is a Stable Diffusion checkpoint (U-Net/VAE/CLIP). Load it with ComfyUI's Load "
-            "Checkpoint; the Kosmos-G loader needs the Kosmos-G release file checkpoint_final.pt"
-        )
-    if has("down_blocks.") or has("encoder.down_blocks.") or has("conv_in."):
-        return "it is a diffusers U-Net or VAE, not Kosmos-G; use checkpoint_final.pt"
-    if has("model.gen_text_hidden_fcs.") or has("model.visual_embeddings.") or has("model.input_embeddings."):
-        return "it is a GILL checkpoint (pretrained_ckpt.pth.tar); load it with the GILL loader"
-    if has("text_model.model.") and has("image_to_text_projection."):
-        return "it is a Kosmos-2 model in transformers naming, not Kosmos-G; use checkpoint_final.pt"
-    if has("visual.") or (has("transformer.resblocks.") and has("token_embedding.")):
-        return (
-            "it is ViT-L-14-sd.pt, the CLIP ViT-L/14 the authors used to start training. Inference "
-            "does not need it (the vision tower is inside checkpoint_final.pt); use checkpoint_final.pt"
-        )
-    if has("text_model.embeddings.") or has("embeddings.token_embedding."):
-        return "it is a CLIP text encoder, not Kosmos-G; use checkpoint_final.pt"
-    return None
 
 
 def classify(keys: list[str], path: str) -> str:
     """``final`` / ``stage2`` / ``stage1``, or a :class:`CheckpointError` naming what the file is."""
     is_kosmos = any(k.startswith(TEXT) for k in keys) and any(k.startswith(VISION) for k in keys)
     if not is_kosmos:
-        family = _wrong_family(keys)
+        family = wrong_family(keys)
         prefixes = sorted({k.split(".")[0] for k in keys})[:8]
         reason = family or f"its weights are named {', '.join(prefixes) or '(nothing)'}.*"
         raise CheckpointError(
@@ -343,16 +321,16 @@ def _safetensors_offsets(path: str):
     start, data_size = 8 + header_len, size - 8 - header_len
     shapes, dtypes, offsets, ranges = {}, {}, {}, []
     for name, entry in header.items():
-        if not isinstance(entry, dict) or entry.get("dtype") not in _SAFETENSORS_DTYPES:
+        if not isinstance(entry, dict) or entry.get("dtype") not in SAFETENSORS_DTYPES:
             shown = entry.get("dtype") if isinstance(entry, dict) else type(entry).__name__
-            raise bad(f"tensor {name[:80]!r} has dtype {str(shown)[:20]!r}, not one of {', '.join(_SAFETENSORS_DTYPES)}")
+            raise bad(f"tensor {name[:80]!r} has dtype {str(shown)[:20]!r}, not one of {', '.join(SAFETENSORS_DTYPES)}")
         shape, span = entry.get("shape"), entry.get("data_offsets")
         if not isinstance(shape, list) or len(shape) > 64 or not all(type(n) is int and n >= 0 for n in shape):
             raise bad(f"tensor {name[:80]!r} has shape {str(shape)[:80]}")
         if not isinstance(span, list) or len(span) != 2 or not all(type(n) is int for n in span) \
                 or not 0 <= span[0] <= span[1] <= data_size:
             raise bad(f"tensor {name[:80]!r} has byte range {str(span)[:80]} outside the {data_size:,} data bytes")
-        dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
+        dtype = SAFETENSORS_DTYPES[entry["dtype"]]
         if span[1] - span[0] != torch.Size(shape).numel() * _itemsize(dtype):
             raise bad(f"tensor {name[:80]!r} of shape {shape} needs {torch.Size(shape).numel() * _itemsize(dtype):,} "
                       f"bytes but its byte range holds {span[1] - span[0]:,}")
@@ -448,17 +426,10 @@ class ChunkedReader:
         self.close()
 
 
-_SAFETENSORS_DTYPES = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-TORCH_TO_SAFETENSORS = {v: k for k, v in _SAFETENSORS_DTYPES.items()}
+def tokenizer_tensors(tokenizer) -> dict[str, torch.Tensor]:
+    """The tokenizer's two files as uint8 tensors, as a converted file carries them (``convert`` and
+    the training export write them; :meth:`Checkpoint.tokenizer_files` reads them back)."""
+    import numpy as np
 
+    return {SPM_TENSOR: torch.from_numpy(np.frombuffer(tokenizer.spm_model_bytes, dtype=np.uint8).copy()),
+            DICT_TENSOR: torch.from_numpy(np.frombuffer(tokenizer.dict_txt.encode("utf-8"), dtype=np.uint8).copy())}

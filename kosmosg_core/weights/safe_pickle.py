@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError, KosmosGError, RefusedPickleError
+from ..errors import CheckpointError, KosmosGError, RefusedPickleError
 
 REFUSED_HELP = (
     "Nothing from the file was executed. Checkpoints are pickles, and a pickle that calls "

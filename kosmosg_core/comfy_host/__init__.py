@@ -22,22 +22,11 @@ import re
 import sys
 import tempfile
 
+from ..model_files import MODEL_INPUTS
 from ..errors import DEBUG_ENV, DEBUG_FLAG, KosmosGError, one_line
 from ..safe_files import atomic_write_with, read_text
-from ..workflow import WorkflowError, check_api_prompt, check_output_slots, check_ui_structure, ui_to_api
+from .workflow import WorkflowError, check_api_prompt, check_output_slots, check_ui_structure, ui_to_api
 
-# loader node -> [(input naming a file or folder, ComfyUI model folder, where users get it)]
-MODEL_INPUTS = {
-    "KosmosGLoader": [("checkpoint", "kosmos_g",
-                       "the Kosmos-G release (checkpoint_final.pt), with sentencepiece.bpe.model and dict.txt beside it")],
-    "CheckpointLoaderSimple": [("ckpt_name", "checkpoints", "an SD 1.5 checkpoint (stable-diffusion-v1-5/stable-diffusion-v1-5)")],
-    "ControlNetLoader": [("control_net_name", "controlnet", "an SD 1.5 ControlNet (lllyasviel/ControlNet-v1-1)")],
-    "LoraLoaderModelOnly": [("lora_name", "loras", "any SD 1.5 LoRA (or change the name in the workflow)")],
-    "GILLLoader": [("release", "gill", "the GILL release folder checkpoints/gill_opt (pretrained_ckpt.pth.tar, "
-                                       "model_args.json, decision_model.pth.tar)"),
-                   ("llm", "gill", "the facebook/opt-6.7b model folder"),
-                   ("vision", "gill", "the openai/clip-vit-large-patch14 model folder")],
-}
 IMAGE_LOADERS = {"LoadImage": "image", "LoadImageMask": "image"}  # node -> input naming a file in input/
 MAX_WORKFLOW_BYTES = 32 << 20  # the largest example is ~20 KB; ComfyUI's own exports stay far below this
 SMOKE_MARKER = ".kosmosg-offline-smoke"

@@ -15,7 +15,7 @@ import torch
 
 from .checkpoint import official_key
 from .config import KosmosGConfig
-from .modeling_aligner import AlignerConfig
+from .aligner import AlignerConfig
 from .tokenizer import DICT_FILENAME, SPM_FILENAME
 
 _CORPUS = (
@@ -54,7 +54,7 @@ def tiny_size(vocab_size: int, output_dim: int = 64, with_reconstruction: bool =
 
 def official_shapes(config: KosmosGConfig) -> dict[str, tuple[int, ...]]:
     """Official key -> shape for ``config``, including the tied projection and dead buffers."""
-    from .modeling_kosmosg import KosmosGModel
+    from .modeling import KosmosGModel
 
     with torch.device("meta"):
         model = KosmosGModel(config)

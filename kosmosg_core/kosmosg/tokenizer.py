@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from .errors import TokenizerError
-from .safe_files import read_text, regular_file
+from ..errors import TokenizerError
+from ..safe_files import read_text, regular_file
+
+if TYPE_CHECKING:  # annotation only: checkpoint.py never imports this module
+    from .checkpoint import Checkpoint
 
 MAX_TOKENIZER_FILE_BYTES = 64 << 20  # the release's files are 5 MB and 1 MB
 
@@ -136,3 +140,36 @@ def find_tokenizer_dir(candidates: list[str]) -> str | None:
         ):
             return directory
     return None
+
+
+def tokenizer_search_dirs(checkpoint_path: str, extra_dirs: list[str] = ()) -> list[str]:
+    """The checkpoint's folder, its ``tokenizer/`` subfolder, then ``extra_dirs`` and theirs."""
+    dirs = []
+    for folder in [os.path.dirname(os.path.abspath(checkpoint_path)), *extra_dirs]:
+        for candidate in (folder, os.path.join(folder, "tokenizer")):
+            if candidate not in dirs:
+                dirs.append(candidate)
+    return dirs
+
+
+def resolve_tokenizer(
+    checkpoint: "Checkpoint", tokenizer: str | KosmosGTokenizer | None, extra_dirs: list[str] = ()
+) -> KosmosGTokenizer:
+    """Explicit tokenizer, else the one embedded in a converted file, else files beside the checkpoint."""
+    if isinstance(tokenizer, KosmosGTokenizer):
+        return tokenizer
+    if tokenizer:
+        return KosmosGTokenizer.from_dir(tokenizer)
+    if checkpoint.tokenizer_files is not None:
+        spm, dict_txt = checkpoint.tokenizer_files
+        return KosmosGTokenizer(spm, dict_txt, source=f"{checkpoint.path} (embedded)")
+    searched = tokenizer_search_dirs(checkpoint.source_path or checkpoint.path, list(extra_dirs))
+    found = find_tokenizer_dir(searched)
+    if found is None:
+        raise TokenizerError(
+            f"no Kosmos-G tokenizer found for {checkpoint.source_path or checkpoint.path}. Looked for {SPM_FILENAME} and "
+            f"{DICT_FILENAME} in: {'; '.join(searched)}; and inside the checkpoint (only converted "
+            "files carry one). Put the two files from the Kosmos-G release (data/) beside the "
+            "checkpoint, or pass the folder holding them (--tokenizer DIR)."
+        )
+    return KosmosGTokenizer.from_dir(found)

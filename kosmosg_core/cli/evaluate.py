@@ -1,18 +1,17 @@
-"""The ``eval`` subcommand's arguments (light: the protocols load only when one runs)."""
+"""``eval``: the papers' protocols; its arguments (light: the protocols load only when one runs)."""
 
 from __future__ import annotations
 
 import argparse
 
-from ..cli_types import device, finite_float, int_range
-from .datasets import PROMPT_STYLES, VIST_CONTEXTS
-
-SCORERS = {"dino": "facebook/dino-vits16", "clip_b32": "openai/clip-vit-base-patch32",
-           "clip_l14": "openai/clip-vit-large-patch14"}
+from ..dtypes import DTYPE_NAMES
+from ..evaluation.datasets import PROMPT_STYLES, VIST_CONTEXTS
+from ..evaluation.published import SCORERS
+from .arguments import device, finite_float, int_range
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .protocols import run_eval
+    from ..evaluation.protocols import run_eval
 
     return run_eval(args)
 
@@ -25,7 +24,7 @@ def add_eval_parser(sub) -> None:
     common.add_argument("--checkpoint", required=True, help="Kosmos-G: checkpoint_final.pt; GILL: the release folder")
     common.add_argument("--out", required=True, help="results folder (images/, results.json, results.md); reruns resume")
     common.add_argument("--device", type=device, help="default: cuda when available, else cpu")
-    common.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="default: fp16 on CUDA (as the official code), else fp32")
+    common.add_argument("--dtype", choices=DTYPE_NAMES, help="default: fp16 on CUDA (as the official code), else fp32")
     common.add_argument("--batch-size", type=int_range(1, 1024), default=1, help="prompts per U-Net batch")
     common.add_argument("--limit", type=int_range(1, 10**9), help="only the first N items (a quick, non-comparable run)")
     common.add_argument("--score-only", action="store_true", help="score the images already in --out")
@@ -65,3 +64,6 @@ def add_eval_parser(sub) -> None:
         else:
             parser.add_argument("--rounds", type=int, choices=[1, 5, 10], default=10, help="dialogue rounds (script: 10)")
     ev.set_defaults(run=_run)
+
+
+add_parser = add_eval_parser

@@ -9,12 +9,12 @@ image size from the position table and the patch kernel.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .errors import CheckpointError
-from .modeling_aligner import HEAD_DIM, AlignerConfig
+from ..errors import CheckpointError
+from ..weights.keys import count_layers
+from .aligner import HEAD_DIM, AlignerConfig
 
 TEXT = "gpt_model.decoder."
 VISION = "img_model.visual."
@@ -24,20 +24,7 @@ ALIGNER = "aligner."
 OFFICIAL_MAX_TOKENS = 2048
 
 
-def count_layers(keys, prefix: str) -> int:
-    """How many layers ``prefix<i>.*`` keys describe. The indices must be exactly 0..n-1: a model is
-    built with as many layers as this returns, so one stray ``layers.100000000.`` key must not make
-    10^8 of them (indices longer than 9 digits are never layer numbers and are not counted)."""
-    pattern = re.compile(re.escape(prefix) + r"(0|[1-9]\d{0,8})\.")
-    indices = {int(m.group(1)) for k in keys if (m := pattern.match(k))}
-    count = len(indices)
-    if indices and max(indices) != count - 1:
-        missing = min(set(range(count + 1)) - indices)
-        raise CheckpointError(
-            f"the layers under {prefix}* are numbered up to {max(indices)} but layer {missing} is missing "
-            f"({count} layer(s) found): layer indices must run 0..n-1. The file is damaged, crafted or mixes models."
-        )
-    return count
+
 
 
 @dataclass(frozen=True)

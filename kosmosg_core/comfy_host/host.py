@@ -19,8 +19,8 @@ import uuid
 from dataclasses import dataclass, field
 
 from ..errors import KosmosGError
+from ..model_files import PACK_DIR
 
-PACK_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class ComfyNotFound(KosmosGError, RuntimeError):

@@ -9,56 +9,17 @@ and SD U-Net/VAE copies are dropped); dtypes are kept, so outputs are bit-identi
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
-import numpy as np
 import torch
 
-from .checkpoint import (
-    CONVERTED_FORMAT,
-    DICT_TENSOR,
-    SPM_TENSOR,
-    TORCH_TO_SAFETENSORS,
-    Checkpoint,
-    module_key,
-    open_checkpoint,
-)
+from ..errors import CheckpointError, TokenizerError
+from ..safe_files import refuse_input_as_output, regular_file, same_file
+from ..weights.safetensors_io import write_safetensors
+from .checkpoint import CONVERTED_FORMAT, Checkpoint, module_key, open_checkpoint, tokenizer_tensors
 from .config import KosmosGConfig
-from .errors import CheckpointError, TokenizerError
-from .loading import resolve_tokenizer, tokenizer_search_dirs
-from .safe_files import atomic_open, refuse_input_as_output, regular_file, same_file
-from .tokenizer import DICT_FILENAME, SPM_FILENAME, KosmosGTokenizer
-
-
-def _tensor_bytes(tensor: torch.Tensor) -> np.ndarray:
-    return tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
-
-
-def write_safetensors(path: str, shapes: dict, dtypes: dict, read, metadata: dict[str, str]) -> int:
-    """Write tensors named in ``shapes`` (in order), fetching each with ``read(name)``.
-
-    Written through a temporary file renamed over ``path`` at the end (``safe_files.atomic_open``), so an
-    interrupted run never leaves a file that looks complete. Returns the number of bytes written.
-    """
-    header: dict[str, object] = {"__metadata__": metadata}
-    offset = 0
-    for name, shape in shapes.items():
-        size = torch.Size(shape).numel() * torch.empty((), dtype=dtypes[name]).element_size()
-        header[name] = {"dtype": TORCH_TO_SAFETENSORS[dtypes[name]], "shape": list(shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    encoded += b" " * (-len(encoded) % 8)
-    with atomic_open(path, "wb") as out:
-        out.write(len(encoded).to_bytes(8, "little"))
-        out.write(encoded)
-        for name in shapes:
-            data = _tensor_bytes(read(name))
-            if data.nbytes != header[name]["data_offsets"][1] - header[name]["data_offsets"][0]:
-                raise CheckpointError(f"tensor {name} changed size while converting")
-            out.write(data)
-    return 8 + len(encoded) + offset
+from .tokenizer import DICT_FILENAME, SPM_FILENAME, KosmosGTokenizer, resolve_tokenizer, tokenizer_search_dirs
 
 
 def convert(src: str, dst: str, tokenizer: str | None = None, embed_tokenizer: bool = True) -> dict:
@@ -97,8 +58,7 @@ def write_converted(checkpoint: Checkpoint, dst: str, tok: KosmosGTokenizer | No
               for k in kept}
     tensors: dict[str, torch.Tensor] = {}
     if tok is not None:
-        tensors[SPM_TENSOR] = torch.from_numpy(np.frombuffer(tok.spm_model_bytes, dtype=np.uint8).copy())
-        tensors[DICT_TENSOR] = torch.from_numpy(np.frombuffer(tok.dict_txt.encode("utf-8"), dtype=np.uint8).copy())
+        tensors.update(tokenizer_tensors(tok))
         for name, value in tensors.items():
             shapes[name], dtypes[name] = tuple(value.shape), value.dtype
     needed = sum(torch.Size(shapes[k]).numel() * torch.empty((), dtype=dtypes[k]).element_size() for k in kept)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import KosmosGConfig
-from .modeling_aligner import AlignerNet
+from .aligner import AlignerNet
 
 
 class KosmosGModel(nn.Module):

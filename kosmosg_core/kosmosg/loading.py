@@ -2,7 +2,7 @@
 
 The model is built on the ``meta`` device (no random init). Weights already in the target dtype
 stay views of the memory-mapped file; the others are cast straight from the mapping into fresh
-memory (see :mod:`kosmosg_core.host_memory`), whose source pages are then dropped. With int8 each
+memory (see :mod:`kosmosg_core.weights.host_memory`), whose source pages are then dropped. With int8 each
 linear is quantized as it arrives. Peak memory is the loaded model plus a few tensors.
 """
 
@@ -26,57 +26,16 @@ from .checkpoint import (
 )
 from .config import KosmosGConfig
 from .encoder import KosmosGEncoder
-from .errors import CheckpointError, TokenizerError
-from .host_memory import empty_weight, return_freed_memory
-from .modeling_kosmosg import KosmosGModel
-from .quantization import quantize_linear, quantized_weight_names
-from .tokenizer import DICT_FILENAME, SPM_FILENAME, KosmosGTokenizer, find_tokenizer_dir
+from ..dtypes import parse_dtype
+from ..errors import CheckpointError, TokenizerError
+from ..weights.host_memory import empty_weight, return_freed_memory
+from .modeling import KosmosGModel
+from ..weights.quantization import quantize_linear, quantized_weight_names
+from .tokenizer import KosmosGTokenizer, resolve_tokenizer
 
 logger = logging.getLogger(__name__)
 
 LOAD_THREADS = min(4, os.cpu_count() or 1)
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    return DTYPES[dtype]
-
-
-def tokenizer_search_dirs(checkpoint_path: str, extra_dirs: list[str] = ()) -> list[str]:
-    """The checkpoint's folder, its ``tokenizer/`` subfolder, then ``extra_dirs`` and theirs."""
-    dirs = []
-    for folder in [os.path.dirname(os.path.abspath(checkpoint_path)), *extra_dirs]:
-        for candidate in (folder, os.path.join(folder, "tokenizer")):
-            if candidate not in dirs:
-                dirs.append(candidate)
-    return dirs
-
-
-def resolve_tokenizer(
-    checkpoint: Checkpoint, tokenizer: str | KosmosGTokenizer | None, extra_dirs: list[str] = ()
-) -> KosmosGTokenizer:
-    """Explicit tokenizer, else the one embedded in a converted file, else files beside the checkpoint."""
-    if isinstance(tokenizer, KosmosGTokenizer):
-        return tokenizer
-    if tokenizer:
-        return KosmosGTokenizer.from_dir(tokenizer)
-    if checkpoint.tokenizer_files is not None:
-        spm, dict_txt = checkpoint.tokenizer_files
-        return KosmosGTokenizer(spm, dict_txt, source=f"{checkpoint.path} (embedded)")
-    searched = tokenizer_search_dirs(checkpoint.source_path or checkpoint.path, list(extra_dirs))
-    found = find_tokenizer_dir(searched)
-    if found is None:
-        raise TokenizerError(
-            f"no Kosmos-G tokenizer found for {checkpoint.source_path or checkpoint.path}. Looked for {SPM_FILENAME} and "
-            f"{DICT_FILENAME} in: {'; '.join(searched)}; and inside the checkpoint (only converted "
-            "files carry one). Put the two files from the Kosmos-G release (data/) beside the "
-            "checkpoint, or pass the folder holding them (--tokenizer DIR)."
-        )
-    return KosmosGTokenizer.from_dir(found)
 
 
 @contextlib.contextmanager
@@ -213,7 +172,7 @@ def load_kosmosg(
     ``tokenizer_dirs`` are searched (with their ``tokenizer/`` subfolders) after the checkpoint's
     own folder when neither ``tokenizer`` nor an embedded tokenizer is given. With
     ``cache_converted`` an official ``.pt`` is converted once beside its folder and later loads
-    read the converted copy (see :mod:`kosmosg_core.converted_cache`). ``quantization="int8"``
+    read the converted copy (see :mod:`kosmosg_core.kosmosg.converted_cache`). ``quantization="int8"``
     stores the linear weights as int8 (torchao; activations keep ``dtype``).
     """
     from .converted_cache import convert_to_cache, open_cached, open_preferring_cache
