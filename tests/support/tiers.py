@@ -32,7 +32,7 @@ FILE_TIERS = {
                      "test_hostile_eval.py", "test_hostile_gill_folders.py", "test_hostile_inputs.py",
                      "test_hostile_training.py", "test_hostile_workflows.py"], {"hostile"}),
     "test_cuda.py": {"cuda"},  # skips without a CUDA GPU (scripts/device_check.sh runs it)
-    "test_tiers.py": {"unit"},
+    **dict.fromkeys(["test_tiers.py", "test_architecture.py"], {"unit"}),
     # single tests that belong to another tier than their file's
     "test_cli.py::test_bench_tiny_reports_every_figure": {"multiprocess"},  # ~80 s of benchmark processes
     "test_eval.py::test_accelerate_launch_splits_items_and_gives_the_single_process_images": {"multiprocess"},
