@@ -53,7 +53,8 @@ def fresh_memory_seconds(nbytes: int) -> float:
     from .weights.host_memory import empty_weight
 
     start = time.perf_counter()
-    blocks = [empty_weight((min(256 << 20, nbytes - done),), torch.uint8).zero_() for done in range(0, nbytes, 256 << 20)]
+    blocks = [empty_weight((min(256 << 20, nbytes - done),), torch.uint8).zero_()
+              for done in range(0, nbytes, 256 << 20)]
     seconds = time.perf_counter() - start
     del blocks
     return seconds
@@ -124,13 +125,12 @@ def _encode_timings(encoder, repeats: int) -> dict:
 def worker(path: str, dtype: str, tokenizer: str, repeats: int, quantization: str, cache: bool,
            compiled: bool = False) -> dict:
     """Runs in a subprocess: load (until every weight is resident), then optionally encode; JSON."""
+    import sentencepiece  # noqa: F401  (import cost is not load cost)
     import torch
+    import transformers.models.kosmos2.modeling_kosmos2  # noqa: F401
 
     from .kosmosg.loading import load_kosmosg
     from .weights.quantization import resident_weight_bytes
-
-    import sentencepiece  # noqa: F401  (import cost is not load cost)
-    import transformers.models.kosmos2.modeling_kosmos2  # noqa: F401
 
     if quantization != "none":
         from .weights.quantization import import_torchao
@@ -191,7 +191,8 @@ def _best_load(runs: list[dict]) -> dict:
 
 
 # GILL's main evaluation setting (VIST): a story of 5 captions and 4 images, then the next step
-GILL_STORY_PROMPT = ("my family went to the beach for the day. <i> the kids built a huge sand castle near the water. <i> "
+GILL_STORY_PROMPT = ("my family went to the beach for the day. <i> "
+                     "the kids built a huge sand castle near the water. <i> "
                      "then we all went swimming in the cold waves. <i> dad cooked hot dogs on the grill for lunch. <i> "
                      "at sunset we walked along the shore, and then")
 GILL_VOCAB = 50274  # OPT-6.7B's 50,265 tokens + GILL's <|image|> and [IMG0..7]: the LM head's real cost
@@ -249,7 +250,8 @@ def _gill_generation_timings(width: int, layers: int, new_tokens: int, repeats: 
     gill.lm.resize_token_embeddings(GILL_VOCAB, mean_resizing=False)
     report, raw = time_gill_generation(gill, new_tokens, repeats)
     assert report["same_ids"], "cache and recomputation disagree"
-    return {"llm": f"random OPT, width {width}, {layers} layers (OPT-6.7B has 32), fp32, vocab {GILL_VOCAB}", **report}, raw
+    llm = f"random OPT, width {width}, {layers} layers (OPT-6.7B has 32), fp32, vocab {GILL_VOCAB}"
+    return {"llm": llm, **report}, raw
 
 
 def gill_generation_bench(width: int, layers: int, new_tokens: int = 32, repeats: int = 2) -> dict:
@@ -283,7 +285,8 @@ def extrapolate_layers(shallow_seconds: float, deep_seconds: float, depths: tupl
         result[f"seconds_{target}_layers"] = round(seconds, 4)
         result["_seconds"] = seconds
     else:
-        result["note"] = (f"inconsistent timings ({shallow_layers} layers {shallow_seconds:.4f} s, {deep_layers} layers "
+        result["note"] = (f"inconsistent timings ({shallow_layers} layers {shallow_seconds:.4f} s, "
+                          f"{deep_layers} layers "
                           f"{deep_seconds:.4f} s): the machine was probably busy; no estimate made, rerun the bench")
     return result
 
@@ -319,7 +322,13 @@ def gill_per_layer_bench(width: int, depths: tuple[int, int], new_tokens: int = 
 
 def run_bench(args) -> dict:
     from .kosmosg.convert import convert
-    from .kosmosg.synthetic import dict_lines_for, official_size, tiny_size, write_official_checkpoint, write_tiny_tokenizer
+    from .kosmosg.synthetic import (
+        dict_lines_for,
+        official_size,
+        tiny_size,
+        write_official_checkpoint,
+        write_tiny_tokenizer,
+    )
 
     # always a fresh folder of our own (inside --workdir when given): the bench writes files named
     # like the user's (checkpoint_final.pt, .kosmosg-cache/) and must never replace or delete theirs
@@ -334,7 +343,8 @@ def run_bench(args) -> dict:
         )
     try:
         config = official_size() if args.size == "real" else tiny_size(vocab_size=400)
-        tokenizer = write_tiny_tokenizer(os.path.join(workdir, "tokenizer"), dict_lines=dict_lines_for(config.vocab_size))
+        tokenizer = write_tiny_tokenizer(os.path.join(workdir, "tokenizer"),
+                                         dict_lines=dict_lines_for(config.vocab_size))
         pt_path = os.path.join(workdir, "checkpoint_final.pt")
         st_path = os.path.join(workdir, "checkpoint_final.safetensors")
         start = time.perf_counter()
@@ -344,7 +354,8 @@ def run_bench(args) -> dict:
         convert(pt_path, st_path, tokenizer=tokenizer)
         convert_seconds = time.perf_counter() - start
 
-        reads = {os.path.basename(path): {"bytes": os.path.getsize(path), "plain_read_seconds": best_plain_read_seconds(path)}
+        reads = {os.path.basename(path): {"bytes": os.path.getsize(path),
+                                          "plain_read_seconds": best_plain_read_seconds(path)}
                  for path in (pt_path, st_path)}
         pt_read = reads[os.path.basename(pt_path)]["plain_read_seconds"]
         st_read = reads[os.path.basename(st_path)]["plain_read_seconds"]
@@ -355,7 +366,8 @@ def run_bench(args) -> dict:
             first = _run_worker(pt_path, dtype, tokenizer, cache=True)  # unpickle + convert into the cache + load
             (cached,) = glob.glob(os.path.join(workdir, CACHE_FOLDER, "*"))
             cached_read = best_plain_read_seconds(cached)
-            second = _best_load([_run_worker(pt_path, dtype, tokenizer, cache=True) for _ in range(loads)])  # the cached conversion
+            # the cached conversion
+            second = _best_load([_run_worker(pt_path, dtype, tokenizer, cache=True) for _ in range(loads)])
             run = _best_load([_run_worker(st_path, dtype, tokenizer, repeats)]
                              + [_run_worker(st_path, dtype, tokenizer) for _ in range(loads - 1)])
             fresh = _run_module(["fresh-memory", str(run["weight_bytes"])])["seconds"]
@@ -364,7 +376,8 @@ def run_bench(args) -> dict:
                 "official_pt_second_start_seconds": second["load_seconds"],
                 "second_over_first_start": round(second["load_seconds"] / first["load_seconds"], 3),
                 "official_pt_first_start_over_plain_read": round(first["load_seconds"] / pt_read, 2),
-                "converted_in_this_dtype": {"bytes": os.path.getsize(cached), "plain_read_seconds": round(cached_read, 3),
+                "converted_in_this_dtype": {"bytes": os.path.getsize(cached),
+                                            "plain_read_seconds": round(cached_read, 3),
                                             "load_seconds": second["load_seconds"],
                                             "load_over_plain_read": round(second["load_seconds"] / cached_read, 2)},
                 "load_over_plain_read": round(run["load_seconds"] / st_read, 2),
@@ -382,7 +395,8 @@ def run_bench(args) -> dict:
                 runs.append(_run_worker(st_path, dtype, tokenizer, repeats, compiled=True))
         for run in runs:  # each against the matmul rate measured in its own process, right after its encodes
             for encode in (run["encode"] or {}).values():
-                encode["flops_over_matmul_fp32"] = round(encode["flops_per_second"] / run["matmul_fp32_2048_flops_per_second"], 3)
+                encode["flops_over_matmul_fp32"] = round(
+                    encode["flops_per_second"] / run["matmul_fp32_2048_flops_per_second"], 3)
         gill = (gill_per_layer_bench(4096, (2, 4), repeats=1) if args.size == "real"
                 else gill_per_layer_bench(128, (1, 2), repeats=3)) if args.gill else None
         return {
@@ -404,4 +418,5 @@ if __name__ == "__main__":
         print(json.dumps({"seconds": fresh_memory_seconds(int(sys.argv[2]))}))
         sys.exit()
     _path, _dtype, _tokenizer, _repeats, _quantization, _cache, _compile = sys.argv[1:8]
-    print(json.dumps(worker(_path, _dtype, _tokenizer, int(_repeats), _quantization, _cache == "cache", _compile == "compile")))
+    print(json.dumps(worker(_path, _dtype, _tokenizer, int(_repeats), _quantization, _cache == "cache",
+                            _compile == "compile")))

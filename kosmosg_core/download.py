@@ -34,14 +34,25 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
-from typing import Callable, Iterator, TypeVar
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from .errors import DownloadError
 from .model_files import (  # noqa: F401  (download.MANIFEST etc. stay importable)
-    GB, GILL_RELEASE, HUB, KB, KOSMOSG_CHECKPOINT, KOSMOSG_DATA, MANIFEST, MB, HubRepo, UrlFile, default_models_dir,
+    GB,
+    GILL_RELEASE,
+    HUB,
+    KB,
+    KOSMOSG_CHECKPOINT,
+    KOSMOSG_DATA,
+    MANIFEST,
+    MB,
+    HubRepo,
+    UrlFile,
+    default_models_dir,
 )
 
 MIRROR_ENV = "KOSMOSG_DOWNLOAD_MIRROR"
@@ -598,7 +609,8 @@ def _copy(item: Planned, response, offset: int, limit: int, hashers: dict, bar, 
             now = time.monotonic()
             if now - window_start >= window:
                 if window_bytes < LOW_SPEED_BYTES * (now - window_start):
-                    body.stopped = f" (the server sent under {LOW_SPEED_BYTES} bytes a second for {now - window_start:.0f} s)"
+                    body.stopped = (f" (the server sent under {LOW_SPEED_BYTES} bytes a second "
+                                    f"for {now - window_start:.0f} s)")
                     break
                 window_start, window_bytes = now, 0
         if out is None and head and not body.refused:
@@ -628,15 +640,19 @@ def _attempt(item: Planned, mirror: str | None) -> Expected:
         _learn_from_headers(expected, response, hops)
         refused = ""
         if _html_type(response.headers.get("Content-Type")):
-            refused = f"{item.label}: the server sent an HTML page (Content-Type {response.headers['Content-Type'][:60]}), not the file"
+            refused = (f"{item.label}: the server sent an HTML page "
+                       f"(Content-Type {response.headers['Content-Type'][:60]}), not the file")
         elif expected.conflicts:
             refused = f"{item.label}: {expected.conflicts[0]}"
         elif response.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity"):
-            refused = f"{item.label}: the server sent it encoded ({response.headers['Content-Encoding'][:40]}) though none was asked for"
+            refused = (f"{item.label}: the server sent it encoded "
+                       f"({response.headers['Content-Encoding'][:40]}) though none was asked for")
         elif expected.size is not None and expected.size > item.max_bytes:
-            refused = f"{item.label}: the server states {expected.size:,} bytes, more than the {item.max_bytes:,} this file can be"
+            refused = (f"{item.label}: the server states {expected.size:,} bytes, "
+                       f"more than the {item.max_bytes:,} this file can be")
         elif missing := [kind for kind in item.states if getattr(expected, kind) is None]:
-            refused = (f"{item.label}: the answer from {urlsplit(where).netloc} states no {' or '.join(missing)}, which "
+            refused = (f"{item.label}: the answer from {urlsplit(where).netloc} "
+                       f"states no {' or '.join(missing)}, which "
                        "this source always publishes, so it is not that source")
         if refused:
             if offset:
@@ -800,7 +816,8 @@ def download(model: str, dest: str | None = None, mirror: str | None = None) -> 
     """Fetch one MANIFEST entry into ``dest`` (ComfyUI's models/); returns the final paths."""
     mirror = mirror or os.environ.get(MIRROR_ENV) or None
     if mirror and (urlsplit(mirror).scheme not in ("http", "https") or not urlsplit(mirror).netloc):
-        raise DownloadError(f"the mirror must be an http:// or https:// URL, got {mirror!r} (--mirror or {MIRROR_ENV}).")
+        raise DownloadError(f"the mirror must be an http:// or https:// URL, got {mirror!r} "
+                            f"(--mirror or {MIRROR_ENV}).")
     timeout_s(), _attempts(), _setting(RETRY_PAUSE_ENV, RETRY_PAUSE_S, 0, 600)  # a bad setting fails first
     models_dir = os.path.abspath(os.path.expanduser(dest or default_models_dir()))
     try:

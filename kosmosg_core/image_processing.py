@@ -26,9 +26,9 @@ decompression-bomb warning and error become one :class:`ImageError`.
 from __future__ import annotations
 
 import os
-from typing import IO
 import warnings
 from struct import error as struct_error
+from typing import IO
 
 import numpy as np
 import torch

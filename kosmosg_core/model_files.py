@@ -70,17 +70,20 @@ MANIFEST: dict[str, tuple[UrlFile | HubRepo, ...]] = {
                 "Kosmos-G final checkpoint (Azure blob, about 3.8-5.7 GB)", 16 * GB, states=("size", "md5")),
         UrlFile(KOSMOSG_DATA + "sentencepiece.bpe.model", KOSMOSG_FOLDER + "/sentencepiece.bpe.model", "MIT",
                 "Kosmos-G tokenizer (SentencePiece model)", 16 * MB),
-        UrlFile(KOSMOSG_DATA + "dict.txt", KOSMOSG_FOLDER + "/dict.txt", "MIT", "Kosmos-G tokenizer (fairseq dictionary)",
+        UrlFile(KOSMOSG_DATA + "dict.txt", KOSMOSG_FOLDER + "/dict.txt", "MIT",
+                "Kosmos-G tokenizer (fairseq dictionary)",
                 16 * MB),
     ),
     "gill": (
         UrlFile(GILL_RELEASE + "model_args.json", GILL_FOLDER + "/gill_opt/model_args.json", GILL_LICENCE,
                 "GILL model arguments", 1 * MB),
-        UrlFile(GILL_RELEASE + "pretrained_ckpt.pth.tar", GILL_FOLDER + "/gill_opt/pretrained_ckpt.pth.tar", GILL_LICENCE,
+        UrlFile(GILL_RELEASE + "pretrained_ckpt.pth.tar", GILL_FOLDER + "/gill_opt/pretrained_ckpt.pth.tar",
+                GILL_LICENCE,
                 "GILL trained layers (about 100 MB)", 1 * GB),
         UrlFile(GILL_RELEASE + "decision_model.pth.tar", GILL_FOLDER + "/gill_opt/decision_model.pth.tar", GILL_LICENCE,
                 "GILL retrieve-or-generate classifier, Linear(4096, 2)", 16 * MB),
-        HubRepo("facebook/opt-6.7b", GILL_FOLDER + "/opt-6.7b", "OPT-175B licence agreement (non-commercial research only)",
+        HubRepo("facebook/opt-6.7b", GILL_FOLDER + "/opt-6.7b",
+                "OPT-175B licence agreement (non-commercial research only)",
                 "the frozen OPT-6.7B language model (about 13 GB)", 16 * GB),
         HubRepo("openai/clip-vit-large-patch14", GILL_FOLDER + "/clip-vit-large-patch14", "MIT",
                 "CLIP ViT-L/14 (the vision tower)", 4 * GB),
@@ -96,8 +99,10 @@ MANIFEST: dict[str, tuple[UrlFile | HubRepo, ...]] = {
 # loader node -> [(input naming a file or folder, ComfyUI model folder, where users get it)]
 MODEL_INPUTS = {
     "KosmosGLoader": [("checkpoint", KOSMOSG_FOLDER,
-                       "the Kosmos-G release (checkpoint_final.pt), with sentencepiece.bpe.model and dict.txt beside it")],
-    "CheckpointLoaderSimple": [("ckpt_name", SD15_FOLDER, "an SD 1.5 checkpoint (stable-diffusion-v1-5/stable-diffusion-v1-5)")],
+                       "the Kosmos-G release (checkpoint_final.pt), "
+                       "with sentencepiece.bpe.model and dict.txt beside it")],
+    "CheckpointLoaderSimple": [("ckpt_name", SD15_FOLDER,
+                               "an SD 1.5 checkpoint (stable-diffusion-v1-5/stable-diffusion-v1-5)")],
     "ControlNetLoader": [("control_net_name", "controlnet", "an SD 1.5 ControlNet (lllyasviel/ControlNet-v1-1)")],
     "LoraLoaderModelOnly": [("lora_name", "loras", "any SD 1.5 LoRA (or change the name in the workflow)")],
     "GILLLoader": [("release", GILL_FOLDER, "the GILL release folder checkpoints/gill_opt (pretrained_ckpt.pth.tar, "

@@ -39,7 +39,7 @@ def _library():
 
 _library()
 
-from . import gill, kosmosg  # after the library is in place
+from . import gill, kosmosg  # noqa: E402  (after the library is in place: the nodes import it)
 
 NODES = [*kosmosg.NODES, *gill.NODES]  # the pack's node list: ComfyUI registers each under its schema's node_id
 

@@ -17,10 +17,10 @@ import folder_paths
 import torch
 from comfy_api.v0_0_2 import io
 
-from kosmosg_core.kosmosg.encoder import KosmosGEncoder
+from kosmosg_core.comfy_host import name_problem
 from kosmosg_core.dtypes import parse_dtype
 from kosmosg_core.errors import CheckpointError, ImageError
-from kosmosg_core.comfy_host import name_problem
+from kosmosg_core.kosmosg.encoder import KosmosGEncoder
 
 CHECKPOINT_EXTENSIONS = {".pt", ".pth", ".safetensors"}
 
@@ -53,7 +53,8 @@ def check_model_name(name, what: str, folder: str) -> str:
     problem = name_problem(name)
     if problem or not isinstance(name, str):
         raise CheckpointError(f"{what} {name!r:.200} {problem or 'is not a name'}: pick a {what} from the list; it "
-                              f"must be a name inside the {folder} model folder(s): {'; '.join(model_folders(folder))}.")
+                              f"must be a name inside the {folder} model folder(s): "
+                              f"{'; '.join(model_folders(folder))}.")
     return name
 
 
@@ -129,7 +130,8 @@ def frames(images, socket: str = "image") -> list[torch.Tensor]:
     if images is None:
         return []
     if not isinstance(images, torch.Tensor):
-        raise ImageError(f"{socket} got {type(images).__name__}, not an IMAGE: connect an IMAGE output (e.g. Load Image).")
+        raise ImageError(f"{socket} got {type(images).__name__}, not an IMAGE: "
+                         "connect an IMAGE output (e.g. Load Image).")
     if images.ndim == 3:
         images = images[None]
     if images.ndim != 4 or images.shape[-1] not in (1, 3, 4) or 0 in images.shape:

@@ -122,7 +122,8 @@ class GILLLoader(io.ComfyNode):
             node_id="GILLLoader",
             display_name="GILL Loader",
             category=CATEGORY,
-            description="Loads GILL: its release folder, the OPT LLM folder and the CLIP folder, all under models/gill.",
+            description=("Loads GILL: its release folder, the OPT LLM folder and the CLIP folder, "
+                         "all under models/gill."),
             inputs=[
                 io.Combo.Input("release", options=gill_subfolders("release"),
                                tooltip="Folder with pretrained_ckpt.pth.tar and model_args.json."),
@@ -180,7 +181,8 @@ class GILLEncode(io.ComfyNode):
             ],
             outputs=[
                 io.Conditioning.Output("positive", display_name="positive", tooltip=(
-                    "77 tokens from GILL's [IMG] tokens: a sampler's positive; its negative is a CLIPTextEncode of \"\".")),
+                    "77 tokens from GILL's [IMG] tokens: a sampler's positive; "
+                    "its negative is a CLIPTextEncode of \"\".")),
                 _decision_output("generate or retrieve, with GILL's two probabilities."),
             ],
         )
@@ -209,7 +211,8 @@ class GILLGenerateText(io.ComfyNode):
                 _gill_input(),
                 io.String.Input("prompt", multiline=True, default="Q: Can you show me a picture of a sunset?\nA:",
                                 tooltip="Text (and <i> images) GILL continues."),
-                io.Int.Input("max_new_tokens", default=32, min=1, max=512, tooltip="At most this many tokens are written."),
+                io.Int.Input("max_new_tokens", default=32, min=1, max=512,
+                             tooltip="At most this many tokens are written."),
                 io.Float.Input("temperature", default=0.0, min=0.0, max=2.0, step=0.05, tooltip="0 = greedy"),
                 io.Float.Input("top_p", default=1.0, min=0.05, max=1.0, step=0.05,
                                tooltip="Nucleus sampling (used when temperature > 0); 1 = off."),
@@ -266,7 +269,8 @@ class GILLRetrieve(io.ComfyNode):
             ],
             outputs=[
                 io.Image.Output("image", display_name="image", tooltip="The best match that is a local file."),
-                io.String.Output("matches", display_name="matches", tooltip="The top matches: score and path, one a line."),
+                io.String.Output("matches", display_name="matches",
+                                 tooltip="The top matches: score and path, one a line."),
             ],
         )
 

@@ -52,10 +52,12 @@ class KosmosGLoader(io.ComfyNode):
             description="Loads the Kosmos-G multimodal LLM and AlignerNet (official .pt or converted .safetensors).",
             inputs=[
                 io.Combo.Input("checkpoint", options=folder_paths.get_filename_list(MODEL_FOLDER), tooltip=(
-                    "checkpoint_final.pt from the Kosmos-G release, or a converted .safetensors, in models/kosmos_g/.")),
+                    "checkpoint_final.pt from the Kosmos-G release, or a converted .safetensors, "
+                    "in models/kosmos_g/.")),
                 io.Combo.Input("dtype", options=DTYPES, default="auto", tooltip=(
                     "auto: fp32 on CPU, ComfyUI's text-encoder precision (fp16) on GPU.")),
-                io.Combo.Input("device", options=DEVICES, default="auto", tooltip="auto: where ComfyUI runs text encoders."),
+                io.Combo.Input("device", options=DEVICES, default="auto",
+                               tooltip="auto: where ComfyUI runs text encoders."),
                 io.Combo.Input("quantization", options=list(QUANTIZATIONS), default="none", optional=True, tooltip=(
                     "int8: linear weights stored as int8 (torchao), about half the memory of fp16; "
                     "conditioning cosine similarity to fp32 >= 0.9998 on the reference fixture.")),
@@ -161,8 +163,10 @@ class KosmosGConcatCLIPText(io.ComfyNode):
                 "tokens, as ConditioningConcat does; the U-Net attends to both. pooled_output comes from CLIP."
             ),
             inputs=[
-                io.Conditioning.Input("conditioning", tooltip="Kosmos-G conditioning (e.g. KosmosG Encode's positive)."),
-                io.Clip.Input("clip", tooltip="The SD 1.5 checkpoint's CLIP (through a LoRA loader to use its trigger words)."),
+                io.Conditioning.Input("conditioning",
+                                      tooltip="Kosmos-G conditioning (e.g. KosmosG Encode's positive)."),
+                io.Clip.Input("clip", tooltip="The SD 1.5 checkpoint's CLIP "
+                                              "(through a LoRA loader to use its trigger words)."),
                 io.String.Input("text", multiline=True, default="", tooltip="CLIP text, e.g. trigger words."),
             ],
             # no name in V1 either: the socket is labelled with its type

@@ -17,16 +17,19 @@ SOCKETS = {
     "KosmosGEncode": ([("kosmos_g", "KOSMOSG"), ("image_1", "IMAGE"), ("image_2", "IMAGE"), ("image_3", "IMAGE"),
                        ("image_4", "IMAGE"), ("more_images", "KOSMOSG_IMAGES")],
                       [("positive", "CONDITIONING"), ("negative", "CONDITIONING")], (400, 300)),
-    "KosmosGConcatCLIPText": ([("conditioning", "CONDITIONING"), ("clip", "CLIP")], [("CONDITIONING", "CONDITIONING")], (400, 160)),
+    "KosmosGConcatCLIPText": ([("conditioning", "CONDITIONING"), ("clip", "CLIP")],
+                              [("CONDITIONING", "CONDITIONING")], (400, 160)),
     "CheckpointLoaderSimple": ([], [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")], (320, 100)),
     "LoadImage": ([], [("IMAGE", "IMAGE"), ("MASK", "MASK")], (320, 320)),
     "EmptyLatentImage": ([], [("LATENT", "LATENT")], (320, 110)),
-    "KSampler": ([("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent_image", "LATENT")],
+    "KSampler": ([("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                  ("latent_image", "LATENT")],
                  [("LATENT", "LATENT")], (320, 262)),
     "VAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], [("IMAGE", "IMAGE")], (210, 46)),
     "SaveImage": ([("images", "IMAGE")], [], (320, 270)),
     "ControlNetLoader": ([], [("CONTROL_NET", "CONTROL_NET")], (320, 60)),
-    "ControlNetApplyAdvanced": ([("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("control_net", "CONTROL_NET"),
+    "ControlNetApplyAdvanced": ([("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                                 ("control_net", "CONTROL_NET"),
                                  ("image", "IMAGE"), ("vae", "VAE")],
                                 [("positive", "CONDITIONING"), ("negative", "CONDITIONING")], (320, 190)),
     "Canny": ([("image", "IMAGE")], [("IMAGE", "IMAGE")], (320, 82)),
@@ -39,7 +42,8 @@ SOCKETS = {
                    [("positive", "CONDITIONING"), ("decision", "STRING")], (400, 280)),
     "GILLGenerateText": ([("gill", "GILL"), ("image_1", "IMAGE"), ("image_2", "IMAGE"), ("image_3", "IMAGE"),
                           ("image_4", "IMAGE"), ("more_images", "KOSMOSG_IMAGES")],
-                         [("text", "STRING"), ("image_conditioning", "CONDITIONING"), ("decision", "STRING")], (400, 380)),
+                         [("text", "STRING"), ("image_conditioning", "CONDITIONING"), ("decision", "STRING")],
+                         (400, 380)),
 }
 
 
@@ -80,14 +84,16 @@ def sampler_tail(first_id: int, model, positive, negative, vae, seed: int, prefi
     latent, sampler, decode, save = first_id, first_id + 1, first_id + 2, first_id + 3
     return [
         {"id": latent, "type": "EmptyLatentImage", "pos": (900, 560), "widgets": [512, 512, 1]},
-        {"id": sampler, "type": "KSampler", "pos": (1300, 120), "widgets": [seed, "fixed", 30, 6.0, "dpmpp_2m", "karras", 1.0],
+        {"id": sampler, "type": "KSampler", "pos": (1300, 120),
+         "widgets": [seed, "fixed", 30, 6.0, "dpmpp_2m", "karras", 1.0],
          "links": {"model": model, "positive": positive, "negative": negative, "latent_image": (latent, 0)}},
         {"id": decode, "type": "VAEDecode", "pos": (1660, 120), "links": {"samples": (sampler, 0), "vae": vae}},
         {"id": save, "type": "SaveImage", "pos": (1900, 120), "widgets": [prefix], "links": {"images": (decode, 0)}},
     ]
 
 
-CHECKPOINT = {"id": 1, "type": "CheckpointLoaderSimple", "pos": (40, 40), "widgets": ["v1-5-pruned-emaonly.safetensors"]}
+CHECKPOINT = {"id": 1, "type": "CheckpointLoaderSimple", "pos": (40, 40),
+              "widgets": ["v1-5-pruned-emaonly.safetensors"]}
 KOSMOS = {"id": 2, "type": "KosmosGLoader", "pos": (40, 200), "widgets": ["checkpoint_final.pt", "auto", "auto"]}
 
 
@@ -135,10 +141,12 @@ WORKFLOWS = {
     "gill_visual-story": [
         CHECKPOINT, GILL, load_image(4, "story_1.png", 420), load_image(5, "story_2.png", 780),
         {"id": 3, "type": "GILLEncode", "pos": (460, 200),
-         "widgets": ["a man walks his dog on the beach. <i> they reach the old bridge. <i> then the dog runs into the water."],
+         "widgets": ["a man walks his dog on the beach. <i> they reach the old bridge. <i> "
+                     "then the dog runs into the water."],
          "links": {"gill": (2, 0), "image_1": (4, 0), "image_2": (5, 0)}},
         EMPTY_NEGATIVE,
-        {"id": 7, "type": "PreviewAny", "pos": (900, 600), "links": {"source": (3, 1)}, "title": "Generate or retrieve?"},
+        {"id": 7, "type": "PreviewAny", "pos": (900, 600), "links": {"source": (3, 1)},
+         "title": "Generate or retrieve?"},
         *sampler_tail(10, (1, 0), (3, 0), (6, 0), (1, 2), 42, "gill_visual-story"),
     ],
     "gill_dialogue": [
@@ -148,7 +156,8 @@ WORKFLOWS = {
          "links": {"gill": (2, 0), "image_1": (4, 0)}},
         EMPTY_NEGATIVE,
         {"id": 7, "type": "PreviewAny", "pos": (900, 560), "links": {"source": (3, 0)}, "title": "GILL's answer"},
-        {"id": 8, "type": "PreviewAny", "pos": (900, 760), "links": {"source": (3, 2)}, "title": "Generate or retrieve?"},
+        {"id": 8, "type": "PreviewAny", "pos": (900, 760), "links": {"source": (3, 2)},
+         "title": "Generate or retrieve?"},
         *sampler_tail(10, (1, 0), (3, 1), (6, 0), (1, 2), 1337, "gill_dialogue"),
     ],
     "kosmos-g_clip-mix": [

@@ -221,8 +221,10 @@ def test_the_checks_fail_on_a_planted_tree(tmp_path):
         "training/__init__.py": "",
     })
     assert cycles(graph(known)) == [["kosmosg_core.kosmosg.convert", "kosmosg_core.kosmosg.loading"]]
-    assert private_imports(known) == ["kosmosg_core.gill.checkpoint:1 imports _helper from kosmosg_core.kosmosg.loading"]
+    assert private_imports(known) == [
+        "kosmosg_core.gill.checkpoint:1 imports _helper from kosmosg_core.kosmosg.loading"]
     assert comfy_imports(known) == ["kosmosg_core.gill.checkpoint:2 imports folder_paths"]  # the host may
     problems = wrong_way(known)
     assert "kosmosg_core.weights.io:2 imports kosmosg_core.kosmosg.loading (kosmosg_core.weights must not)" in problems
-    assert "kosmosg_core.gill.checkpoint:1 imports kosmosg_core.kosmosg.loading (kosmosg_core.gill must not)" in problems
+    assert ("kosmosg_core.gill.checkpoint:1 imports kosmosg_core.kosmosg.loading (kosmosg_core.gill must not)"
+            in problems)

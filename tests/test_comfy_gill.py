@@ -8,9 +8,9 @@ import torch
 
 from support.comfy_graphs import node, read_images
 
+from kosmosg_core.comfy_host.tiny_models import GILL_LLM, GILL_RELEASE, GILL_VISION, SD15_CHECKPOINT
 from kosmosg_core.gill import load_gill
 from kosmosg_core.gill.retrieval import build_index
-from kosmosg_core.comfy_host.tiny_models import GILL_LLM, GILL_RELEASE, GILL_VISION, SD15_CHECKPOINT
 
 
 def gill_graph(head: dict, positive, seed: int = 1) -> dict:

@@ -99,7 +99,8 @@ def test_interface_matches_the_v1_snapshot(comfy):
 
 
 def test_the_classes_give_what_the_server_serves(comfy):
-    """The executor and ``kosmosg_core.comfy_host.workflow`` read INPUT_TYPES/RETURN_TYPES, the frontend /object_info."""
+    """The executor and ``kosmosg_core.comfy_host.workflow`` read INPUT_TYPES/RETURN_TYPES,
+    the frontend /object_info."""
     classes = comfy.node_classes()
     for name in comfy.pack_nodes:
         cls, info = classes[name], object_info(classes[name], name, comfy.display_names())

@@ -19,7 +19,14 @@ from support.download_server import closed_port_url, serve_models
 
 from kosmosg_core.cli import main
 from kosmosg_core.download import (
-    KOSMOSG_CHECKPOINT, MIRROR_ENV, Expected, Planned, default_models_dir, fetch, mirrored, wanted_files,
+    KOSMOSG_CHECKPOINT,
+    MIRROR_ENV,
+    Expected,
+    Planned,
+    default_models_dir,
+    fetch,
+    mirrored,
+    wanted_files,
 )
 from kosmosg_core.errors import DownloadError
 

@@ -22,7 +22,6 @@ import torch
 from support.hostile_harness import Canary, assert_clear_error, run_cli
 
 from kosmosg_core import load_kosmosg, open_checkpoint
-from kosmosg_core.weights.keys import count_layers
 from kosmosg_core.errors import (
     CheckpointError,
     KosmosGError,
@@ -30,6 +29,7 @@ from kosmosg_core.errors import (
     RefusedPickleError,
     TokenizerError,
 )
+from kosmosg_core.weights.keys import count_layers
 from kosmosg_core.weights.safe_pickle import RestrictedUnpickler, restricted_torch_load
 
 # -- pickle assembler -------------------------------------------------------------------------------

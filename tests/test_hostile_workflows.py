@@ -168,8 +168,8 @@ CLI_FILE_CASES = ["not-json", "json-list", "not-utf8", "deep-nesting", "huge-int
 
 @pytest.mark.parametrize("case", list(FILE_CASES))
 def test_bad_workflow_file_is_a_workflow_error(tmp_path, case):
-    from kosmosg_core.errors import KosmosGError
     from kosmosg_core.comfy_host import load_workflow
+    from kosmosg_core.errors import KosmosGError
 
     site = Site(tmp_path)
     content, pattern = FILE_CASES[case]
@@ -237,8 +237,8 @@ def test_model_name_outside_model_folder_is_refused(site, name):
     ("4096x4096", True, r"to 1024 in a smoke run"),
 ])
 def test_bad_size_in_process(value, smoke, pattern):
-    from kosmosg_core.errors import KosmosGError
     from kosmosg_core.comfy_host import parse_size
+    from kosmosg_core.errors import KosmosGError
 
     with pytest.raises(KosmosGError, match=pattern):
         parse_size(value, smoke)
@@ -361,8 +361,8 @@ CONVERTER_CASES = {
 
 @pytest.mark.parametrize("case", list(CONVERTER_CASES))
 def test_converter_refuses_with_a_workflow_error(case):
-    from kosmosg_core.errors import KosmosGError
     from kosmosg_core.comfy_host.workflow import WorkflowError, ui_to_api
+    from kosmosg_core.errors import KosmosGError
 
     workflow, pattern = CONVERTER_CASES[case]
     with pytest.raises(WorkflowError, match=pattern) as caught:

@@ -12,8 +12,8 @@ import torch
 from kosmosg_core import load_kosmosg
 from kosmosg_core.kosmosg.checkpoint import MappedFile, module_key, open_checkpoint
 from kosmosg_core.kosmosg.convert import write_converted
-from kosmosg_core.weights.host_memory import cast_into, empty_weight
 from kosmosg_core.kosmosg.loading import build_model
+from kosmosg_core.weights.host_memory import cast_into, empty_weight
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from kosmosg_core import RefusedPickleError, load_kosmosg, open_checkpoint
-from kosmosg_core.weights.safe_pickle import InertObject, restricted_torch_load
 from kosmosg_core.kosmosg.synthetic import random_state_dict, tiny_size
+from kosmosg_core.weights.safe_pickle import InertObject, restricted_torch_load
 
 
 def test_fairseq_style_file_with_metadata_loads(tmp_path, tiny_tokenizer_dir):

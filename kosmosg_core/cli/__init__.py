@@ -41,7 +41,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m kosmosg_core", description="``python -m kosmosg_core``: encode, convert, bench, download, eval.")
+    parser = _Parser(prog="python -m kosmosg_core",
+                     description="``python -m kosmosg_core``: encode, convert, bench, download, eval.")
     sub = parser.add_subparsers(dest="command", required=True)
     for command in SUBCOMMANDS:
         command.add_parser(sub)

@@ -9,7 +9,9 @@ import json
 def add_parser(sub) -> None:
     bench = sub.add_parser("bench", help="load/encode/FLOP-rate benchmark at the real size (JSON)")
     bench.add_argument("--size", choices=["real", "tiny"], default="real", help="tiny: a seconds-long smoke run")
-    bench.add_argument("--workdir", default=None, help="folder in which a fresh kosmosg-bench-* folder holds the random checkpoints (default: the temp dir)")
+    bench.add_argument("--workdir", default=None,
+                       help="folder in which a fresh kosmosg-bench-* folder holds the random checkpoints "
+                            "(default: the temp dir)")
     bench.add_argument("--dtypes", default="fp32,bf16")
     bench.add_argument("--keep", action="store_true", help="keep the generated checkpoints")
     bench.add_argument("--gill", action="store_true", help="also time GILL generation with/without the KV cache "

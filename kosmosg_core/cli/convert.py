@@ -20,6 +20,7 @@ def run(args: argparse.Namespace) -> int:
 
     summary = convert(args.src, args.dst, tokenizer=args.tokenizer, embed_tokenizer=not args.no_tokenizer)
     if not summary["tokenizer_embedded"]:
-        summary["note"] = "no tokenizer found beside the source: keep sentencepiece.bpe.model and dict.txt beside the output"
+        summary["note"] = ("no tokenizer found beside the source: "
+                           "keep sentencepiece.bpe.model and dict.txt beside the output")
     print(json.dumps(summary))
     return 0

@@ -12,10 +12,12 @@ def add_parser(sub) -> None:
 
     fetch = sub.add_parser("download", help="fetch the released weights into ComfyUI's models/ (resumable, verified)")
     fetch.add_argument("model", choices=list(MANIFEST),
-                       help="kosmos-g: checkpoint + tokenizer; gill: release + OPT-6.7B + CLIP; sd15: SD 1.5 checkpoint")
+                       help="kosmos-g: checkpoint + tokenizer; gill: release + OPT-6.7B + CLIP; "
+                            "sd15: SD 1.5 checkpoint")
     fetch.add_argument("--dest", metavar="DIR", help="ComfyUI's models/ folder (default: the ComfyUI around "
                                                      "this pack, else comfy_home/models of the test host)")
-    fetch.add_argument("--mirror", metavar="URL", help=f"fetch https://HOST/PATH as MIRROR/HOST/PATH (default: ${MIRROR_ENV})")
+    fetch.add_argument("--mirror", metavar="URL",
+                       help=f"fetch https://HOST/PATH as MIRROR/HOST/PATH (default: ${MIRROR_ENV})")
     fetch.set_defaults(run=run)
 
 

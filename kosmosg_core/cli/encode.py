@@ -18,7 +18,8 @@ def add_parser(sub) -> None:
     enc.add_argument("--llm", help="GILL: OPT model folder (facebook/opt-6.7b layout)")
     enc.add_argument("--vision", help="GILL: CLIP folder (CLIPVisionModel or full CLIPModel)")
     enc.add_argument("--index", help="GILL: retrieval index (needed by the older decision model)")
-    enc.add_argument("--tokenizer", help="folder with sentencepiece.bpe.model and dict.txt (default: beside the checkpoint, or embedded)")
+    enc.add_argument("--tokenizer", help="folder with sentencepiece.bpe.model and dict.txt "
+                                         "(default: beside the checkpoint, or embedded)")
     enc.add_argument("--prompt", required=True, help="text with <i> (or <image1>, <image2>, ...) where images go")
     enc.add_argument("--image", action="append", help="image file, once per image, in placeholder order")
     enc.add_argument("--negative", default="", help="negative prompt (default: Kosmos-G's null embedding)")
@@ -45,7 +46,8 @@ def _encode_gill(args: argparse.Namespace) -> int:
         if slot.decision_logits is not None:
             tensors["decision_logits"] = slot.decision_logits
     save_tensors(tensors, args.out, {"prompt": args.prompt, "backend": "gill", "decision_note": slot.decision_note})
-    print(json.dumps({"out": args.out, "cond": list(slot.cond.shape), "decision": slot.choice, "tensors": sorted(tensors)}))
+    print(json.dumps({"out": args.out, "cond": list(slot.cond.shape), "decision": slot.choice,
+                      "tensors": sorted(tensors)}))
     return 0
 
 

@@ -20,9 +20,12 @@ def add_parser(sub) -> None:
     gen.add_argument("--max-new-tokens", type=int_range(0, 1_000_000), default=32)
     gen.add_argument("--temperature", type=finite_float(0.0, 1000.0), default=0.0, help="0 = greedy")
     gen.add_argument("--top-p", type=finite_float(0.0, 1.0), default=1.0)
-    gen.add_argument("--min-word-tokens", type=int_range(0, 1_000_000), default=0, help="tokens before an image slot may appear")
-    gen.add_argument("--ret-scale", type=finite_float(-1e4, 1e4), default=1.0, help="scale of the [IMG0] logit (official ret_scale_factor)")
-    gen.add_argument("--gen-scale", type=finite_float(-1e4, 1e4), default=1.0, help="scale of the [IMG0] logit (official gen_scale_factor)")
+    gen.add_argument("--min-word-tokens", type=int_range(0, 1_000_000), default=0,
+                     help="tokens before an image slot may appear")
+    gen.add_argument("--ret-scale", type=finite_float(-1e4, 1e4), default=1.0,
+                     help="scale of the [IMG0] logit (official ret_scale_factor)")
+    gen.add_argument("--gen-scale", type=finite_float(-1e4, 1e4), default=1.0,
+                     help="scale of the [IMG0] logit (official gen_scale_factor)")
     gen.add_argument("--seed", type=int_range(0, 2**63 - 1), default=None)
     gen.add_argument("--dtype", choices=DTYPE_NAMES, default="fp32")
     gen.add_argument("--device", type=device, default="cpu")

@@ -22,8 +22,8 @@ import re
 import sys
 import tempfile
 
-from ..model_files import MODEL_INPUTS
 from ..errors import DEBUG_ENV, DEBUG_FLAG, KosmosGError, one_line
+from ..model_files import MODEL_INPUTS
 from ..safe_files import atomic_write_with, read_text
 from .workflow import WorkflowError, check_api_prompt, check_output_slots, check_ui_structure, ui_to_api
 
@@ -110,7 +110,8 @@ def check_file_names(path: str, prompt: dict) -> None:
     for key, node in prompt.items():
         kind, inputs = node["class_type"], node["inputs"]
         named = [(IMAGE_LOADERS[kind], "image", "ComfyUI's input folder")] if kind in IMAGE_LOADERS else []
-        named += [(input_name, "model", f"the {folder} model folder") for input_name, folder, _ in MODEL_INPUTS.get(kind, [])]
+        named += [(input_name, "model", f"the {folder} model folder")
+                  for input_name, folder, _ in MODEL_INPUTS.get(kind, [])]
         for input_name, what, where in named:
             if input_name not in inputs:
                 continue
@@ -177,7 +178,8 @@ def missing_files(prompt: dict, folder_paths) -> list[str]:
         if kind in IMAGE_LOADERS:
             name = inputs.get(IMAGE_LOADERS[kind])
             if isinstance(name, str) and not os.path.isfile(_image_target(name, folder_paths)[0]):
-                lines.append(f"  {name}: put your image in {folder_paths.get_input_directory()}  (or pick another in the workflow)")
+                lines.append(f"  {name}: put your image in {folder_paths.get_input_directory()}  "
+                             "(or pick another in the workflow)")
     return lines
 
 
@@ -194,7 +196,7 @@ def write_smoke_inputs(images: list[tuple[str, str, str]]) -> list[str]:
         picture = Image.fromarray(rng.integers(0, 256, (96, 80, 3), dtype=np.uint8))
         extension = os.path.splitext(target)[1].lower()
         fmt = "PNG" if extension not in (".jpg", ".jpeg", ".webp", ".bmp") else None
-        atomic_write_with(target, lambda tmp: picture.save(tmp, format=fmt))
+        atomic_write_with(target, lambda tmp, picture=picture, fmt=fmt: picture.save(tmp, format=fmt))
         written.append(target)
     return written
 

@@ -22,7 +22,6 @@ from ..errors import KosmosGError
 from ..model_files import PACK_DIR
 
 
-
 class ComfyNotFound(KosmosGError, RuntimeError):
     """No ComfyUI to run in (a set-up problem, said in one line)."""
 
@@ -36,7 +35,8 @@ def find_comfyui(explicit: str | None = None) -> str:
     if spec and spec.submodule_search_locations:
         candidates.append(os.path.join(list(spec.submodule_search_locations)[0], "_comfyui"))
     for candidate in candidates:
-        if candidate and os.path.isfile(os.path.join(candidate, "nodes.py")) and os.path.isdir(os.path.join(candidate, "comfy")):
+        if candidate and os.path.isfile(os.path.join(candidate, "nodes.py")) \
+                and os.path.isdir(os.path.join(candidate, "comfy")):
             return os.path.abspath(candidate)
     raise ComfyNotFound(
         "no ComfyUI found: set COMFYUI_PATH to a ComfyUI checkout, put this pack in ComfyUI/custom_nodes/, "
@@ -128,6 +128,7 @@ class ComfyHost:
             sys.path.insert(0, comfy_root)
         from comfy.cli_args import args
 
+        # isort: split
         import torch
 
         args.cpu = (not torch.cuda.is_available()) if cpu is None else cpu
@@ -136,6 +137,7 @@ class ComfyHost:
             os.makedirs(base_dir, exist_ok=True)
             args.base_directory = base_dir
         import utils.extra_config  # noqa: F401  (top-level utils before nodes.py shadows it)
+        # isort: split
         import folder_paths
 
         self.base_dir = base_dir or os.path.dirname(folder_paths.models_dir)
@@ -149,6 +151,7 @@ class ComfyHost:
             os.makedirs(empty, exist_ok=True)
             folder_paths.folder_names_and_paths["custom_nodes"] = ([empty], set())
         import execution
+
         import nodes
 
         self.folder_paths, self.execution, self.nodes = folder_paths, execution, nodes
@@ -156,7 +159,8 @@ class ComfyHost:
         quiet = logging.getLogger().level
         logging.getLogger().setLevel(logging.ERROR)  # core extras whose optional deps are absent (audio) log tracebacks
         try:
-            _run(init(init_custom_nodes=False, init_api_nodes=False) if "init_api_nodes" in inspect.signature(init).parameters
+            _run(init(init_custom_nodes=False, init_api_nodes=False)
+                 if "init_api_nodes" in inspect.signature(init).parameters
                  else init(init_custom_nodes=False))
         finally:
             logging.getLogger().setLevel(quiet)

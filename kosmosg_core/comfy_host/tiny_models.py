@@ -76,7 +76,8 @@ def write_tiny_sd15(path: str, seed: int = 0) -> str:
     state = {f"model.diffusion_model.{k}": v for k, v in _unet_state(UNET_CONFIG, UNetModel, generator).items()}
     with torch.device("meta"):
         clip = CLIPTextModel(CLIP_CONFIG, torch.float32, None, comfy.ops.disable_weight_init)
-    clip_state = {k: torch.empty(v.shape, dtype=v.dtype) for k, v in clip.state_dict().items() if "text_projection" not in k}
+    clip_state = {k: torch.empty(v.shape, dtype=v.dtype) for k, v in clip.state_dict().items()
+                  if "text_projection" not in k}
     clip_state = randomize(clip_state, generator)
     clip_state["text_model.embeddings.position_ids"] = torch.arange(77).unsqueeze(0)
     state.update({f"cond_stage_model.transformer.{k}": v for k, v in clip_state.items()})
@@ -163,7 +164,8 @@ def write_tiny_models(models_dir: str) -> dict[str, str]:
     """Every file the example workflows name, in ComfyUI's folder layout under ``models_dir``.
 
     Written temp-then-rename; a name that already exists is left alone (a rerun reuses them)."""
-    folders = {name: os.path.join(models_dir, name) for name in ("checkpoints", "controlnet", "loras", "kosmos_g", "gill")}
+    folders = {name: os.path.join(models_dir, name)
+               for name in ("checkpoints", "controlnet", "loras", "kosmos_g", "gill")}
     for folder in folders.values():
         os.makedirs(folder, exist_ok=True)
 

@@ -119,7 +119,8 @@ def check_ui_structure(workflow) -> tuple[dict[str, dict], dict[int, tuple[str, 
                 continue
             if link not in links:
                 raise WorkflowError(f"node {key} ({node['type']!r}) input {slot['name']!r} uses link {link}, which is "
-                                    f"not in 'links' (a dangling link). Reconnect that input in ComfyUI and save again.")
+                                    "not in 'links' (a dangling link). "
+                                    "Reconnect that input in ComfyUI and save again.")
             origin = links[link][0]
             if origin not in nodes:
                 raise WorkflowError(f"node {key} ({node['type']!r}) input {slot['name']!r} is linked to node {origin}, "
@@ -166,7 +167,8 @@ def check_output_slots(prompt: dict, node_classes: Mapping[str, type]) -> None:
             source = prompt[value[0]]["class_type"]
             outputs = getattr(node_classes.get(source), "RETURN_TYPES", None)
             if outputs is not None and value[1] >= len(outputs):
-                raise WorkflowError(f"node {key} ({node['class_type']!r}) input {name!r} uses output {value[1]} of node "
+                raise WorkflowError(f"node {key} ({node['class_type']!r}) input {name!r} "
+                                    f"uses output {value[1]} of node "
                                     f"{value[0]} ({source!r}), which has {len(outputs)} output(s). {RESAVE}")
 
 
@@ -221,7 +223,8 @@ def ui_to_api(workflow: dict, node_classes: Mapping[str, type], display_names: M
             origin, slot = links[upstream]
         if skipped(origin):
             raise WorkflowError(f"node {node_key} input {input_name!r} is linked to node {origin} "
-                                f"({nodes[origin]['type']!r}), which is muted or a note. Unmute it or reconnect the input.")
+                                f"({nodes[origin]['type']!r}), which is muted or a note. "
+                                "Unmute it or reconnect the input.")
         return [origin, slot]
 
     subgraphs = _subgraph_ids(workflow)
@@ -234,7 +237,8 @@ def ui_to_api(workflow: dict, node_classes: Mapping[str, type], display_names: M
             raise WorkflowError(f"node {key} ({kind}) is bypassed; un-bypass or delete it before running headless.")
         if kind not in node_classes:
             if kind in subgraphs:
-                raise WorkflowError(f"node {key} is a subgraph; headless runs need plain nodes. In ComfyUI, right-click "
+                raise WorkflowError(f"node {key} is a subgraph; headless runs need plain nodes. "
+                                    "In ComfyUI, right-click "
                                     "it, unpack the subgraph (convert to nodes) and save again.")
             raise WorkflowError(f"node {key} uses node type {kind!r:.100}, which is not installed in this ComfyUI. "
                                 "Install the custom node pack that provides it, or delete the node.")

@@ -11,6 +11,7 @@ full-loads its encoders (``force_full_load``); whatever happens under the cap is
 
 from __future__ import annotations
 
+import functools
 import os
 import statistics
 import sys
@@ -36,7 +37,8 @@ def graph(kind: str, index: int, size: int, steps: int, kosmos_file: str) -> dic
         "save": node("SaveImage", images=["decode", 0], filename_prefix=f"device_check_{kind}"),
     }
     if kind == "clip_text":
-        prompt["pos"] = node("CLIPTextEncode", clip=["ckpt", 1], text=f"a photo of a dog wearing a red hat, take {index}")
+        prompt["pos"] = node("CLIPTextEncode", clip=["ckpt", 1],
+                             text=f"a photo of a dog wearing a red hat, take {index}")
         prompt["neg"] = node("CLIPTextEncode", clip=["ckpt", 1], text="")
         positive, negative = ["pos", 0], ["neg", 0]
     else:
@@ -59,7 +61,8 @@ def loaded_models() -> list[dict]:
 
     found = []
     for patcher in mm.loaded_models():
-        entry = {"model": type(getattr(patcher, "model", None)).__name__, "device": str(getattr(patcher, "load_device", "?"))}
+        entry = {"model": type(getattr(patcher, "model", None)).__name__,
+                 "device": str(getattr(patcher, "load_device", "?"))}
         for name in ("model_size", "loaded_size"):
             try:
                 entry[f"{name}_bytes"] = int(getattr(patcher, name)())
@@ -127,7 +130,8 @@ def capped_run(host, kind: str, cap_gb: float, settings: dict, index: int) -> di
         "free_gb_seen_by_comfyui_before": seen,
         "seconds": round(time.perf_counter() - started, 3),
         **outcome,
-        "peak_device_bytes_over_ballast": None if peak["peak_allocated_bytes"] is None else peak["peak_allocated_bytes"] - before,
+        "peak_device_bytes_over_ballast":
+            None if peak["peak_allocated_bytes"] is None else peak["peak_allocated_bytes"] - before,
         "loaded_models": loaded_models(),
     }
     del ballast
@@ -178,16 +182,19 @@ def run(rec: Recorder, dynamic=None) -> None:
 
     comfy.utils.PROGRESS_BAR_ENABLED = False  # the sampler's tqdm bars, 30 steps a run, would swamp the log
     memory = sys.modules.get("comfy.memory_management")  # ComfyUI 0.33's DynamicVRAM switch; absent in 0.3.75
-    rec.put("comfyui", {"version": host.version, "root": host.root, "boot_seconds": round(time.perf_counter() - started, 2),
+    rec.put("comfyui", {"version": host.version, "root": host.root,
+                        "boot_seconds": round(time.perf_counter() - started, 2),
                         "vram_state": getattr(mm.vram_state, "name", str(mm.vram_state)),
                         "dynamic_vram": bool(getattr(memory, "aimdo_enabled", False)),
                         "note": "in-process runner: main.py's allocator set-up does not run"
-                                + ("" if dynamic else ", nor its DynamicVRAM (comfy-aimdo): section comfy_dynamic turns that on")})
+                                + ("" if dynamic else ", nor its DynamicVRAM (comfy-aimdo): "
+                                                      "section comfy_dynamic turns that on")})
     rec.say(f"ComfyUI {host.version} booted in {time.perf_counter() - started:.1f} s")
     models = host.folder_paths.models_dir
     settings = {"device": device, "size": 64 if tiny else 512, "steps": 2 if tiny else 30, "runs": 1 if tiny else 5,
                 "kosmos_file": _place(kosmos["paths"]["safetensors"], os.path.join(models, "kosmos_g"))}
-    rec.put("settings", {k: v for k, v in settings.items() if k != "device"} | {"sampler": "euler normal, cfg 7.5, batch 1"})
+    rec.put("settings", {k: v for k, v in settings.items() if k != "device"}
+            | {"sampler": "euler normal, cfg 7.5, batch 1"})
     checkpoint = os.path.join(models, "checkpoints", SD15_FILE)
     os.makedirs(os.path.dirname(checkpoint), exist_ok=True)
 
@@ -209,7 +216,8 @@ def run(rec: Recorder, dynamic=None) -> None:
         return
     families = {}
     for index, kind in enumerate(("clip_text", "kosmos_g")):
-        families[kind] = rec.step(kind, lambda: timed_family(host, kind, settings, 100 * (index + 1)), need=0 if tiny else 20)
+        timed = functools.partial(timed_family, host, kind, settings, 100 * (index + 1))
+        families[kind] = rec.step(kind, timed, need=0 if tiny else 20)
         if families[kind]:
             rec.say(f"{kind}: median {families[kind]['median_seconds']:.3f} s over {settings['runs']} runs "
                     f"(first {families[kind]['first_run_seconds']:.2f} s)")
@@ -225,6 +233,7 @@ def run(rec: Recorder, dynamic=None) -> None:
     caps = {}
     for index, (kind, cap) in enumerate(CAPS_GB):
         key = f"{kind}_{cap:.1f}GB"
-        caps[key] = rec.step(f"vram_cap_{key}", lambda: capped_run(host, kind, cap, settings, 900 + index), need=0 if tiny else 15)
+        capped = functools.partial(capped_run, host, kind, cap, settings, 900 + index)
+        caps[key] = rec.step(f"vram_cap_{key}", capped, need=0 if tiny else 15)
         if caps[key]:
             rec.say(f"VRAM cap {key}: {'ran' if caps[key]['success'] else 'FAILED: ' + str(caps[key]['error'])[:160]}")

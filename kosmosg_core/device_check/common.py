@@ -50,7 +50,8 @@ class Recorder:
         the section's budget are left, or the error line; returns the dict or None."""
         left = self.time_left()
         if left < need:
-            self.put(key, {"status": "skipped", "reason": f"needs about {need:.0f} s; {left:.0f} s of the section's budget left"})
+            self.put(key, {"status": "skipped",
+                           "reason": f"needs about {need:.0f} s; {left:.0f} s of the section's budget left"})
             self.say(f"{key}: skipped (budget)")
             return None
         started = time.monotonic()

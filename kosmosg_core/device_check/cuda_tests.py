@@ -21,7 +21,8 @@ def summarize(junit_xml: str) -> dict:
     root = ElementTree.parse(junit_xml).getroot()
     suite = root if root.tag == "testsuite" else root.find("testsuite")
     cases = suite.findall("testcase")
-    summary = {"collected": len(cases), "passed": 0, "failed": 0, "errors": 0, "skipped": 0, "failures": [], "skip_reasons": {}}
+    summary = {"collected": len(cases), "passed": 0, "failed": 0, "errors": 0, "skipped": 0, "failures": [],
+               "skip_reasons": {}}
     for case in cases:
         name = f"{case.get('classname', '').split('.')[-1]}::{case.get('name')}"
         outcome = next((child for child in case if child.tag in ("failure", "error", "skipped")), None)

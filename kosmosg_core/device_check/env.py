@@ -19,7 +19,8 @@ def _version(module: str) -> dict:
         imported = importlib.import_module(module)
     except Exception as exc:  # noqa: BLE001  (absent, or present but broken: both are findings)
         return {"available": False, "error": one_line(exc)}
-    return {"available": True, "version": getattr(imported, "__version__", "?"), "path": os.path.dirname(getattr(imported, "__file__", None) or "")}
+    return {"available": True, "version": getattr(imported, "__version__", "?"),
+            "path": os.path.dirname(getattr(imported, "__file__", None) or "")}
 
 
 def _nvidia_smi() -> str | None:
@@ -39,7 +40,8 @@ def _matmul(device: str, tiny: bool) -> dict:
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     timing = latency(lambda: a @ b, repeats=3 if tiny else 10, warmup=1 if tiny else 3, device=device)
-    return {"size": size, "dtype": str(dtype), **timing, "tflops": round(2 * size**3 / (timing["median_ms"] / 1e3) / 1e12, 1)}
+    return {"size": size, "dtype": str(dtype), **timing,
+            "tflops": round(2 * size**3 / (timing["median_ms"] / 1e3) / 1e12, 1)}
 
 
 def run(rec: Recorder) -> None:
@@ -49,13 +51,15 @@ def run(rec: Recorder) -> None:
     rec.put("python", sys.version.split()[0])
     rec.put("platform", platform.platform())
     rec.put("cpu_count", os.cpu_count())
-    rec.put("torch", {"version": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()})
+    rec.put("torch", {"version": torch.__version__, "cuda": torch.version.cuda,
+                      "cudnn": torch.backends.cudnn.version()})
     packages = {name: _version(name) for name in ("transformers", "tokenizers", "huggingface_hub", "safetensors",
                                                    "accelerate", "torchao", "bitsandbytes", "comfy_kitchen",
                                                    "comfy_aimdo", "torchsde", "av")}
     rec.put("packages", packages)
     tv = packages["transformers"].get("version", "0")
-    rec.put("transformers_meets_pack_minimum", tuple(int(p) for p in tv.split(".")[:2] if p.isdigit()) >= PACK_TRANSFORMERS)
+    rec.put("transformers_meets_pack_minimum",
+            tuple(int(p) for p in tv.split(".")[:2] if p.isdigit()) >= PACK_TRANSFORMERS)
     rec.put("pythonpath", os.environ.get("PYTHONPATH", ""))
     rec.put("comfyui_path", os.environ.get("COMFYUI_PATH"))
     if device == "cuda":

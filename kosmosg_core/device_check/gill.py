@@ -12,6 +12,7 @@ costs what it really costs (the random tokenizer is small).
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 
@@ -48,7 +49,8 @@ def write_folders(work: str, tiny: bool, device: str) -> dict:
     free_device_memory()
     write_clip_vision(paths["vision"], dtype=torch.float16, device=device, **sizes["clip"])
     free_device_memory()
-    folder_bytes = {name: sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path)) for name, path in paths.items()}
+    folder_bytes = {name: sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
+                    for name, path in paths.items()}
     return {"paths": paths, "write_seconds": round(time.perf_counter() - started, 2), "bytes": folder_bytes,
             "sizes": sizes}
 
@@ -63,7 +65,8 @@ def measure_mode(paths: dict, mode: str, device: str, tiny: bool) -> dict:
     reset_peak(device)
     before = vram(device)["allocated_bytes"] or 0
     started = time.perf_counter()
-    gill = load_gill(paths["release"], paths["llm"], paths["vision"], dtype=dtype, device=device, quantization=quantization)
+    gill = load_gill(paths["release"], paths["llm"], paths["vision"], dtype=dtype, device=device,
+                     quantization=quantization)
     gill.lm.resize_token_embeddings(GILL_VOCAB, mean_resizing=False)
     load_seconds = time.perf_counter() - started
     loaded = vram(device)
@@ -75,7 +78,8 @@ def measure_mode(paths: dict, mode: str, device: str, tiny: bool) -> dict:
         "dtype": dtype, "quantization": quantization, "load_seconds": round(load_seconds, 2),
         "lm_parameters": sum(p.numel() for p in gill.lm.parameters()),
         "device_bytes_after_load": None if loaded["allocated_bytes"] is None else loaded["allocated_bytes"] - before,
-        "peak_device_bytes_generating": None if peak["peak_allocated_bytes"] is None else peak["peak_allocated_bytes"] - before,
+        "peak_device_bytes_generating":
+            None if peak["peak_allocated_bytes"] is None else peak["peak_allocated_bytes"] - before,
         **report,
     }
     del gill
@@ -105,7 +109,8 @@ def run(rec: Recorder) -> None:
         if problem:
             rec.put(mode, {"status": "skipped", "reason": problem})
             continue
-        result = rec.step(mode, lambda: measure_mode(folders["paths"], mode, device, tiny), need=0 if tiny else 35)
+        measure = functools.partial(measure_mode, folders["paths"], mode, device, tiny)
+        result = rec.step(mode, measure, need=0 if tiny else 35)
         if result:
             rec.say(f"{mode}: loaded in {result['load_seconds']:.1f} s, {gb(result['device_bytes_after_load'])} GB; "
                     f"{result['tokens_per_second_with_cache']} tok/s with the KV cache, "

@@ -6,6 +6,7 @@ imports. The pack offers no fp8 option, which the results say rather than measur
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 
@@ -20,7 +21,13 @@ def ensure_files(work: str, tiny: bool, say=print) -> dict:
     """The official-format ``.pt`` (fp16, as released), its tokenizer and the converted ``.safetensors``
     under ``work/kosmos_g``; written once per run (the ComfyUI section reuses them)."""
     from ..kosmosg.convert import convert
-    from ..kosmosg.synthetic import dict_lines_for, official_size, tiny_size, write_official_checkpoint, write_tiny_tokenizer
+    from ..kosmosg.synthetic import (
+        dict_lines_for,
+        official_size,
+        tiny_size,
+        write_official_checkpoint,
+        write_tiny_tokenizer,
+    )
 
     folder = os.path.join(work, "kosmos_g")
     paths = {"pt": os.path.join(folder, PT), "safetensors": os.path.join(folder, ST), "tokenizer": folder}
@@ -67,18 +74,22 @@ def measure_load(paths: dict, file: str, dtype: str, device: str, tiny: bool, en
         "parameters": sum(p.numel() for p in encoder.model.parameters()),
         "weight_bytes": resident_weight_bytes(encoder.model),
         "device_bytes_after_load": None if after["allocated_bytes"] is None else after["allocated_bytes"] - before,
-        "peak_device_bytes_during_load": None if after["peak_allocated_bytes"] is None else after["peak_allocated_bytes"] - before,
+        "peak_device_bytes_during_load":
+            None if after["peak_allocated_bytes"] is None else after["peak_allocated_bytes"] - before,
     }
     if encode:
         two, four = _images(2, tiny), _images(4, tiny)
         repeats, warmup = (2, 1) if tiny else (20, 3)
-        result["encode_2_images"] = latency(lambda: encoder.encode(TWO_IMAGES, two), repeats, warmup, device)
+        encode_two = functools.partial(encoder.encode, TWO_IMAGES, two)
+        result["encode_2_images"] = latency(encode_two, repeats, warmup, device)
         reset_peak(device)
-        result["encode_4_images"] = latency(lambda: encoder.encode(FOUR_IMAGES, four), 1 if tiny else 5, 0 if tiny else 1, device)
+        encode_four = functools.partial(encoder.encode, FOUR_IMAGES, four)
+        result["encode_4_images"] = latency(encode_four, 1 if tiny else 5, 0 if tiny else 1, device)
         peak = vram(device)["peak_allocated_bytes"]
         # what the README estimates as "VRAM while encoding": weights + activations of a 4-image prompt
         result["peak_device_bytes_encoding_4_images"] = None if peak is None else peak - before
         result["output_finite"] = bool(encoder.encode(TWO_IMAGES, two).cond.isfinite().all())
+        del encode_two, encode_four  # they hold the encoder too
     del encoder
     free_device_memory()
     return result
@@ -107,7 +118,8 @@ def run(rec: Recorder) -> None:
                 ("safetensors", "fp16", True), ("safetensors", "fp32", True)]
     for file, dtype, encode in plan:
         key = f"{file}-{dtype}"
-        result = rec.step(key, lambda: measure_load(paths, file, dtype, device, tiny, encode), need=0 if tiny else 15)
+        measure = functools.partial(measure_load, paths, file, dtype, device, tiny, encode)
+        result = rec.step(key, measure, need=0 if tiny else 15)
         if result:
             line = f"{key}: loaded in {result['load_seconds']:.2f} s, {gb(result['weight_bytes'])} GB of weights"
             if encode:
@@ -117,9 +129,12 @@ def run(rec: Recorder) -> None:
     if problem:
         rec.put("safetensors-bf16-int8", {"status": "skipped", "reason": f"torchao: {problem}"})
     else:
-        result = rec.step("safetensors-bf16-int8", lambda: measure_load(paths, "safetensors", "bf16", device, tiny, True,
-                                                                        quantization="int8"), need=0 if tiny else 25)
+        result = rec.step("safetensors-bf16-int8",
+                          lambda: measure_load(paths, "safetensors", "bf16", device, tiny, True, quantization="int8"),
+                          need=0 if tiny else 25)
         if result:
-            rec.say(f"int8: {gb(result['weight_bytes'])} GB, 2-image encode {result['encode_2_images']['median_ms']:.1f} ms")
-    rec.put("fp8", {"status": "not offered", "reason": "the pack's quantization options are none and int8 "
-                                                       "(kosmosg_core.weights.quantization.QUANTIZATIONS); no fp8 path to measure"})
+            rec.say(f"int8: {gb(result['weight_bytes'])} GB, "
+                    f"2-image encode {result['encode_2_images']['median_ms']:.1f} ms")
+    rec.put("fp8", {"status": "not offered",
+                    "reason": "the pack's quantization options are none and int8 "
+                              "(kosmosg_core.weights.quantization.QUANTIZATIONS); no fp8 path to measure"})

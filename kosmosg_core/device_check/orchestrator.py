@@ -66,8 +66,9 @@ class Run:
         name = self.sections[index]
         budget, least = self.budget_for(index)
         if budget < least:
-            self.doc["sections"][name] = {"status": "skipped", "reason": f"{budget:.0f} s of the total budget left for it, "
-                                                                          f"under the {least} s it needs at least"}
+            self.doc["sections"][name] = {"status": "skipped",
+                                          "reason": f"{budget:.0f} s of the total budget left for it, "
+                                                    f"under the {least} s it needs at least"}
             print(f"== {name}: skipped (total budget)", flush=True)
             return
         result_path = os.path.join(self.work, f"{name}.result.json")
@@ -75,7 +76,8 @@ class Run:
         write_json_atomic(settings_path, {**settings, "deadline": time.time() + budget - 3})
         print(f"== {name}: starting (budget {budget:.0f} s)", flush=True)
         started = time.time()
-        process = subprocess.Popen([sys.executable, "-m", "kosmosg_core.device_check.worker", name, settings_path, result_path],
+        process = subprocess.Popen([sys.executable, "-m", "kosmosg_core.device_check.worker", name, settings_path,
+                                    result_path],
                                    cwd=settings["repo"], start_new_session=True,
                                    env={**os.environ, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"})
         timed_out = False
@@ -90,7 +92,8 @@ class Run:
             with open(result_path, encoding="utf-8") as handle:
                 result = json.load(handle)
         if timed_out:
-            result.update(status="timeout", error=f"killed after its budget of {budget:.0f} s; figures above are partial")
+            result.update(status="timeout",
+                          error=f"killed after its budget of {budget:.0f} s; figures above are partial")
         elif process.returncode and result.get("status") != "error":
             result.update(status="error", error=f"the section's process ended with exit code {process.returncode}")
         result["seconds"] = round(time.time() - started, 1)
@@ -118,8 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kosmosg_core.device_check", description=__doc__)
     parser.add_argument("--out", required=True, help="folder for device_check.json")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes (the CPU test of this script)")
-    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, in order; default {','.join(SECTIONS)}")
-    parser.add_argument("--work", help="scratch folder (default: a fresh one under the system temp folder, removed at the end)")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated, in order; default {','.join(SECTIONS)}")
+    parser.add_argument("--work", help="scratch folder (default: a fresh one under the system temp folder, "
+                                       "removed at the end)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     parser.add_argument("--total", type=float, help="total wall-time budget in seconds")
     parser.add_argument("--budget", action="append", default=[], metavar="SECTION=SECONDS",

@@ -68,7 +68,8 @@ def verdicts(sections: dict, tiny: bool) -> list[dict]:
     results = [
         {"target": f"2-image encode <= {ENCODE_TARGET_MS:g} ms in bf16 (H100-class GPU)", "measured_ms":
          measured["encode_2_images_bf16_ms"], "limit_ms": ENCODE_TARGET_MS,
-         "pass": None if tiny or measured["encode_2_images_bf16_ms"] is None else measured["encode_2_images_bf16_ms"] <= ENCODE_TARGET_MS},
+         "pass": None if tiny or measured["encode_2_images_bf16_ms"] is None
+         else measured["encode_2_images_bf16_ms"] <= ENCODE_TARGET_MS},
         {"target": f"KosmosGEncode overhead <= {OVERHEAD_TARGET_PERCENT:g} % of a 30-step 512x512 generation",
          "measured_percent": measured["comfy_overhead_percent"], "limit_percent": OVERHEAD_TARGET_PERCENT,
          "pass": None if tiny or measured["comfy_overhead_percent"] is None
@@ -97,5 +98,6 @@ def _peak_rule(comfy: dict) -> dict | None:
     if not capped or capped.get("status") != "ok" or not capped.get("cap_applied"):
         return None
     return {"target": "README: peak VRAM is the larger of Kosmos-G and the U-Net, not the sum (5 GB free)",
-            "ran": capped.get("success"), "peak_gb": round((capped.get("peak_device_bytes_over_ballast") or 0) / 1e9, 3),
+            "ran": capped.get("success"),
+            "peak_gb": round((capped.get("peak_device_bytes_over_ballast") or 0) / 1e9, 3),
             "pass": bool(capped.get("success"))}

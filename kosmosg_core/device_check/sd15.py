@@ -41,7 +41,8 @@ def meta_state() -> dict[str, dict]:
         vae = AutoencoderKL(ddconfig=VAE, embed_dim=4)
     return {
         "unet": {f"model.diffusion_model.{k}": v for k, v in _shapes(unet).items()},
-        "clip": {f"cond_stage_model.transformer.{k}": v for k, v in _shapes(clip).items() if "text_projection" not in k},
+        "clip": {f"cond_stage_model.transformer.{k}": v for k, v in _shapes(clip).items()
+                 if "text_projection" not in k},
         "vae": {f"first_stage_model.{k}": v for k, v in _shapes(vae).items()},
     }
 

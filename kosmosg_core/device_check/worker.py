@@ -20,7 +20,8 @@ SECTIONS = ("env", "kosmosg", "comfy", "gill", "comfy_dynamic", "cuda_tests")
 
 
 def _fault(rec: Recorder) -> None:
-    faults = dict(item.split(":", 1) for item in os.environ.get("KOSMOSG_DEVICE_CHECK_FAULT", "").split(",") if ":" in item)
+    faults = dict(item.split(":", 1) for item in os.environ.get("KOSMOSG_DEVICE_CHECK_FAULT", "").split(",")
+                  if ":" in item)
     kind = faults.get(rec.section)
     if kind == "raise":
         raise RuntimeError(f"injected fault in section {rec.section} (KOSMOSG_DEVICE_CHECK_FAULT)")

@@ -110,7 +110,8 @@ PROMPT_STYLES = ("script", "paper")
 
 def _dreambench_classes(dataset: str) -> dict[str, str]:
     """subject -> class word from prompts_and_classes.txt (``subject_name,class`` lines)."""
-    path = _need(os.path.join(dataset, "prompts_and_classes.txt"), "DreamBench prompts_and_classes.txt", DREAMBENCH_HINT)
+    path = _need(os.path.join(dataset, "prompts_and_classes.txt"), "DreamBench prompts_and_classes.txt",
+                 DREAMBENCH_HINT)
     classes = {}
     for line in _read_text(path, "DreamBench prompts_and_classes.txt", DREAMBENCH_HINT).splitlines():
         match = re.fullmatch(r"\s*([A-Za-z0-9_]+)\s*,\s*([A-Za-z ]+?)\s*", line)
@@ -150,7 +151,8 @@ def dreambench_items(root: str, style: str = "script", subjects: list[str] | Non
     if subjects:
         unknown = sorted(set(subjects) - set(classes))
         if unknown:
-            raise DatasetError(f"unknown DreamBench subject(s) {', '.join(unknown)}; known: {', '.join(sorted(classes))}")
+            raise DatasetError(f"unknown DreamBench subject(s) {', '.join(unknown)}; "
+                               f"known: {', '.join(sorted(classes))}")
         classes = {s: classes[s] for s in subjects}
     items = []
     for subject, class_word in sorted(classes.items()):
@@ -165,12 +167,14 @@ def dreambench_items(root: str, style: str = "script", subjects: list[str] | Non
 
 # -- MS-COCO 2014 val captions ------------------------------------------------------------------
 
-COCO_HINT = "Get annotations_trainval2014.zip and val2014.zip from https://cocodataset.org and unzip both in one folder."
+COCO_HINT = ("Get annotations_trainval2014.zip and val2014.zip from https://cocodataset.org "
+             "and unzip both in one folder.")
 
 
 def coco_captions(root: str, count: int = 30000, seed: int = 0) -> list[EvalItem]:
     """``count`` captions sampled (``random.Random(seed).sample``) from the val2014 annotations list."""
-    data = _read_json(os.path.join(root, "annotations", "captions_val2014.json"), "COCO captions_val2014.json", COCO_HINT)
+    data = _read_json(os.path.join(root, "annotations", "captions_val2014.json"), "COCO captions_val2014.json",
+                      COCO_HINT)
     annotations = data.get("annotations") if isinstance(data, dict) else None
     if not annotations:
         raise DatasetError(f"{root}/annotations/captions_val2014.json has no 'annotations' list; {COCO_HINT}")
@@ -256,7 +260,8 @@ VISDIAL_HINT = ("Get visdial_1.0_val.zip and VisualDialog_val2018.zip from https
 def visdial_items(root: str, rounds: int = 10) -> tuple[list[EvalItem], list[str]]:
     """Dialogues -> 'Q: q?\\nA: a' lines of the first ``rounds`` rounds (GILL's script: all 10)."""
     data = _read_json(os.path.join(root, "visdial_1.0_val.json"), "VisDial visdial_1.0_val.json", VISDIAL_HINT, "data")
-    images = _need(os.path.join(root, "VisualDialog_val2018"), "VisDial image folder VisualDialog_val2018/", VISDIAL_HINT)
+    images = _need(os.path.join(root, "VisualDialog_val2018"), "VisDial image folder VisualDialog_val2018/",
+                   VISDIAL_HINT)
     with _layout(os.path.join(root, "visdial_1.0_val.json"), VISDIAL_HINT):
         return _visdial_dialogues(data, images, rounds)
 

@@ -16,8 +16,8 @@ from PIL import Image
 
 from ..image_processing import load_image_file
 from ..safe_files import atomic_write_with
-from .sd_pipeline import empty_prompt_embedding, generate_images
 from .datasets import EvalItem
+from .sd_pipeline import empty_prompt_embedding, generate_images
 
 
 @dataclass
@@ -49,7 +49,8 @@ class KosmosGConditioner:
         self.encoder = encoder
 
     def __call__(self, items: Sequence[EvalItem]) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.encoder.encode_batch([i.prompt for i in items], [i.images for i in items])  # paths, as the nodes' files
+        # paths, as the nodes' files
+        out = self.encoder.encode_batch([i.prompt for i in items], [i.images for i in items])
         return out.cond, out.uncond
 
 
@@ -97,7 +98,7 @@ def generate_missing(items: Sequence[EvalItem], conditioner: Callable, pipe, sam
         images = generate_images(pipe, cond, uncond, [sampling.seed_for(i) for i, _ in batch], sampling.per_prompt,
                                  sampling.steps, sampling.guidance, sampling.size, sampling.size)
         paths = [p for _, item in batch for p in image_paths(out_dir, item, sampling.per_prompt)]
-        for image, path in zip(images, paths):
+        for image, path in zip(images, paths, strict=True):
             _save(image, path)
         if progress:
             progress(len(batch))

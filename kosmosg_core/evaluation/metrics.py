@@ -86,7 +86,8 @@ class ClipScorer:
 
     @torch.inference_mode()
     def text_features(self, texts: list[str]) -> torch.Tensor:
-        tokens = self.tokenizer(texts, padding=True, truncation=True, max_length=77, return_tensors="pt").to(self.device)
+        tokens = self.tokenizer(texts, padding=True, truncation=True, max_length=77,
+                                return_tensors="pt").to(self.device)
         return self._features(self.model.get_text_features(**tokens))
 
     @staticmethod

@@ -38,7 +38,8 @@ def load_items(args: argparse.Namespace) -> tuple[list, list, dict, list]:
     """(items, skipped, variant, published rows) for the protocol."""
     name = args.protocol
     if name == "dreambench":
-        items = datasets.dreambench_items(args.data, args.prompt_style, args.subjects.split(",") if args.subjects else None)
+        subjects = args.subjects.split(",") if args.subjects else None
+        items = datasets.dreambench_items(args.data, args.prompt_style, subjects)
         return items, [], {"prompt_style": args.prompt_style}, PUBLISHED[name]
     if name == "coco-fid":
         items = datasets.coco_captions(args.data, args.captions, args.caption_seed)
@@ -70,7 +71,8 @@ def _conditioner(args: argparse.Namespace, pipe, dtype: torch.dtype):
     from ..gill import load_gill
 
     if not (args.llm and args.vision):
-        raise KosmosGError("GILL protocols need --checkpoint (release folder), --llm (OPT-6.7B) and --vision (CLIP ViT-L/14)")
+        raise KosmosGError("GILL protocols need --checkpoint (release folder), --llm (OPT-6.7B) "
+                           "and --vision (CLIP ViT-L/14)")
     gill = load_gill(args.checkpoint, args.llm, args.vision, dtype={torch.float16: "fp16", torch.bfloat16: "bf16"}.get(
         dtype, "fp32"), device=args.device)
     return GillConditioner(gill, pipe)
@@ -85,7 +87,8 @@ def _generate(args: argparse.Namespace, items: list, sampling: Sampling) -> None
     pipe = load_sd15(args.sd, sampling.scheduler, dtype, args.device)
     conditioner = _conditioner(args, pipe, dtype)
     done = sum(all(os.path.exists(p) for p in image_paths(args.out, i, sampling.per_prompt)) for i in items)
-    with tqdm(total=len(items), initial=done, unit="prompt", desc=f"generating {args.protocol}", file=sys.stderr) as bar:
+    with tqdm(total=len(items), initial=done, unit="prompt", desc=f"generating {args.protocol}",
+              file=sys.stderr) as bar:
         generate_missing(items, conditioner, pipe, sampling, args.out, progress=bar.update)
 
 
@@ -95,21 +98,24 @@ def _score(args: argparse.Namespace, items: list, sampling: Sampling) -> dict:
     generated = lambda item: image_paths(args.out, item, sampling.per_prompt)  # noqa: E731
     missing = [p for item in items for p in generated(item) if not os.path.exists(p)]
     if missing:
-        raise KosmosGError(f"{len(missing)} generated image(s) are missing (first: {missing[0]}); run without --score-only")
+        raise KosmosGError(f"{len(missing)} generated image(s) are missing (first: {missing[0]}); "
+                           "run without --score-only")
     device = args.scorer_device or args.device
     if args.protocol == "dreambench":
         return scoring.score_dreambench(items, generated, args.dino or SCORERS["dino"],
                                         args.clip or SCORERS["clip_b32"], device)
     if args.protocol == "coco-fid":
         real = datasets.coco_real_images(args.data)[: args.real_limit or None]
-        return scoring.score_fid(real, [generated(i)[0] for i in items], args.fid_features, args.inception_weights, device)
+        return scoring.score_fid(real, [generated(i)[0] for i in items], args.fid_features,
+                                 args.inception_weights, device)
     return scoring.score_clip_lpips(items, generated, args.clip or SCORERS["clip_l14"], args.lpips_net, device)
 
 
 def _notes(args: argparse.Namespace, sampling: Sampling, items: list, full: int, skipped: list) -> tuple[list, bool]:
     default = PROTOCOLS[args.protocol]["sampling"]
     changed = [f"{k}={getattr(sampling, k)} (official {getattr(default, k)})"
-               for k in ("scheduler", "steps", "guidance", "per_prompt", "seed", "size") if getattr(sampling, k) != getattr(default, k)]
+               for k in ("scheduler", "steps", "guidance", "per_prompt", "seed", "size")
+               if getattr(sampling, k) != getattr(default, k)]
     notes = []
     if changed:
         notes.append("settings differ from the official script: " + ", ".join(changed))
@@ -146,11 +152,14 @@ def run_eval(args: argparse.Namespace) -> int:
     import transformers
 
     result = {
-        "protocol": args.protocol, "title": f"{PROTOCOLS[args.protocol]['title']} ({', '.join(f'{k}: {v}' for k, v in variant.items())})", "backend": PROTOCOLS[args.protocol]["backend"],
+        "protocol": args.protocol,
+        "title": f"{PROTOCOLS[args.protocol]['title']} ({', '.join(f'{k}: {v}' for k, v in variant.items())})",
+        "backend": PROTOCOLS[args.protocol]["backend"],
         "variant": variant, "sampling": asdict(sampling), "items": len(items), "skipped": len(skipped),
         "metrics": metrics, "published": published, "comparable_with_published": comparable, "notes": notes,
         "data": os.path.abspath(args.data), "checkpoint": args.checkpoint, "sd": args.sd,
-        "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__},
+        "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
+                     "transformers": transformers.__version__},
     }
     json_path, md_path = write_results(args.out, result)
     print(json.dumps({"results": json_path, "table": md_path, "metrics": metrics}))

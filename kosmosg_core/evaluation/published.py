@@ -10,13 +10,16 @@ SCORERS = {"dino": "facebook/dino-vits16", "clip_b32": "openai/clip-vit-base-pat
 
 PUBLISHED = {
     "dreambench": [
-        {"model": "Kosmos-G (single image input)", "source": KOSMOSG_PAPER, "dino": 0.694, "clip_i": 0.847, "clip_t": 0.287},
+        {"model": "Kosmos-G (single image input)", "source": KOSMOSG_PAPER,
+         "dino": 0.694, "clip_i": 0.847, "clip_t": 0.287},
         {"model": "Real images (oracle)", "source": KOSMOSG_PAPER, "dino": 0.774, "clip_i": 0.885},
-        {"model": "BLIP-Diffusion (zero-shot)", "source": KOSMOSG_PAPER, "dino": 0.594, "clip_i": 0.779, "clip_t": 0.300},
+        {"model": "BLIP-Diffusion (zero-shot)", "source": KOSMOSG_PAPER,
+         "dino": 0.594, "clip_i": 0.779, "clip_t": 0.300},
     ],
     "coco-fid": [
         {"model": "Kosmos-G-1.9B", "source": KOSMOSG_PAPER + " (right)", "fid": 10.99},
-        {"model": "SD v1.5 (same settings, by the Kosmos-G authors)", "source": KOSMOSG_PAPER + " (right)", "fid": 9.34},
+        {"model": "SD v1.5 (same settings, by the Kosmos-G authors)", "source": KOSMOSG_PAPER + " (right)",
+         "fid": 9.34},
     ],
     "vist": {
         "last-caption": [{"model": "GILL", "source": GILL_VIST, "clip": 0.581, "lpips": 0.702},

@@ -21,8 +21,8 @@ def score_dreambench(items: Sequence[EvalItem], generated: Callable[[EvalItem], 
     over every generated image."""
     dino_scorer, clip_scorer = DinoScorer(dino, device), ClipScorer(clip, device)
     references = sorted({i.reference for i in items})
-    ref_dino = dict(zip(references, dino_scorer.features(references)))
-    ref_clip = dict(zip(references, clip_scorer.image_features(references)))
+    ref_dino = dict(zip(references, dino_scorer.features(references), strict=True))
+    ref_clip = dict(zip(references, clip_scorer.image_features(references), strict=True))
     dino_all, clip_i_all, clip_t_all = [], [], []
     for chunk in _chunks(list(items), max(1, batch // 4)):
         paths = [p for item in chunk for p in generated(item)]

@@ -31,7 +31,8 @@ def _state_dict(obj, path: str) -> dict[str, torch.Tensor]:
             obj = obj[key]
             break
     if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
-        raise CheckpointError(f"{path} holds no state dict; expected torch.save({{'state_dict': ...}}) as GILL releases it.")
+        raise CheckpointError(f"{path} holds no state dict; "
+                              f"expected torch.save({{'state_dict': ...}}) as GILL releases it.")
     return obj
 
 
@@ -56,7 +57,8 @@ def _json_object(path: str, what: str) -> dict:
 def read_model_args(directory: str) -> dict:
     path = os.path.join(directory, ARGS_FILE)
     if not os.path.lexists(path):
-        raise CheckpointError(f"{ARGS_FILE} not found in {directory}; it comes with pretrained_ckpt.pth.tar in the GILL release (checkpoints/gill_opt/).")
+        raise CheckpointError(f"{ARGS_FILE} not found in {directory}; it comes with pretrained_ckpt.pth.tar "
+                              "in the GILL release (checkpoints/gill_opt/).")
     return _json_object(path, ARGS_FILE)
 
 
@@ -72,7 +74,8 @@ def read_heads_state(directory: str) -> dict[str, torch.Tensor]:
     state = {_strip(k): v for k, v in raw.items()}
     if MAPPER + "fc.weight" not in state:
         family = wrong_family(list(raw)) or (
-            "it is a Kosmos-G checkpoint; load it with the Kosmos-G loader" if any(k.startswith("gpt_model.") for k in raw)
+            "it is a Kosmos-G checkpoint; load it with the Kosmos-G loader"
+            if any(k.startswith("gpt_model.") for k in raw)
             else f"its weights are named {', '.join(sorted({k.split('.')[0] for k in raw})[:6])}.*"
         )
         raise CheckpointError(f"{path} is not a GILL checkpoint: {family}. Expected GILL's {CHECKPOINT_FILE}.")
@@ -137,7 +140,8 @@ def read_decision_model(directory: str, llm_dim: int) -> tuple[DecisionModel | N
     try:
         model.load_state_dict({f"layers.{k}": v for k, v in state.items()})
     except RuntimeError as exc:
-        raise CheckpointError(f"{path} is not GILL's decision model: its weights do not fit ({str(exc).splitlines()[0][:160]}).") from None
+        raise CheckpointError(f"{path} is not GILL's decision model: "
+                              f"its weights do not fit ({str(exc).splitlines()[0][:160]}).") from None
     if weight.shape[1] == llm_dim:
         return model.eval(), "current"
     if weight.shape[1] == llm_dim + 1:
@@ -215,7 +219,8 @@ def check_vision_folder(directory: str, vision_dim: int) -> dict:
     config = _hf_config(directory, "vision", "a CLIP folder such as openai/clip-vit-large-patch14")
     vision = config.get("vision_config", config) if config.get("model_type") == "clip" else config
     if config.get("model_type") not in ("clip", "clip_vision_model"):
-        raise CheckpointError(f"{directory} holds a {config.get('model_type')!r} model; GILL needs a CLIP vision model.")
+        raise CheckpointError(f"{directory} holds a {config.get('model_type')!r} model; "
+                              "GILL needs a CLIP vision model.")
     path = os.path.join(directory, "config.json")
     if not isinstance(vision, dict):
         raise CheckpointError(f"{path}: vision_config is not an object; download the folder again.")

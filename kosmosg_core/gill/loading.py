@@ -6,9 +6,9 @@ import os
 
 import torch
 
+from ..dtypes import parse_dtype
 from ..errors import CheckpointError
 from ..image_processing import CLIP_MEAN, CLIP_STD
-from ..dtypes import parse_dtype
 from .checkpoint import (
     CHECKPOINT_FILE,
     IMG_ROWS,
@@ -42,7 +42,8 @@ def quantization_config(mode: str):
     if mode in (None, "", "none"):
         return None
     if not torch.cuda.is_available():
-        raise CheckpointError(f"{mode} loading of the LLM needs a CUDA GPU (bitsandbytes); load it in fp16/bf16 instead.")
+        raise CheckpointError(f"{mode} loading of the LLM needs a CUDA GPU (bitsandbytes); "
+                              "load it in fp16/bf16 instead.")
     try:
         import bitsandbytes  # noqa: F401
         from transformers import BitsAndBytesConfig
@@ -104,11 +105,13 @@ def load_gill(checkpoint_dir: str, llm_dir: str, vision_dir: str, dtype="fp32", 
     with torch.device("meta"):
         heads = GILLHeads(config)
     try:
-        missing = heads.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False, assign=True).missing_keys
+        missing = heads.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False,
+                                        assign=True).missing_keys
     except RuntimeError as exc:
         raise CheckpointError(f"{checkpoint_dir}: GILL weights do not fit together ({exc})") from None
     if missing:
-        raise CheckpointError(f"{checkpoint_dir}: the GILL checkpoint lacks {', '.join(missing[:4])}; it is incomplete.")
+        raise CheckpointError(f"{checkpoint_dir}: the GILL checkpoint lacks {', '.join(missing[:4])}; "
+                              "it is incomplete.")
     decision, note = read_decision_model(checkpoint_dir, config.llm_dim)
     image_size = vision_config.get("image_size", 224)
     pixels = _processor_settings(vision_dir, image_size)

@@ -124,7 +124,8 @@ class GILL:
             raise PromptError(
                 f"the GILL prompt takes {context_length} positions (text tokens, "
                 f"{self.heads.config.n_visual_tokens} per image) and {what} needs {reserve} more, but the "
-                f"LLM has {limit} positions: shorten the prompt{' or lower max_new_tokens' if 'generat' in what else ''}."
+                f"LLM has {limit} positions: shorten the prompt"
+                f"{' or lower max_new_tokens' if 'generat' in what else ''}."
             )
 
     def text_ids(self, text: str, add_bos: bool) -> list[int]:

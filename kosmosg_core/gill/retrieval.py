@@ -124,7 +124,7 @@ class RetrievalIndex:
     def search(self, ret_emb: torch.Tensor, logit_scale: torch.Tensor, k: int = 1) -> list[tuple[str, float]]:
         scores = self.scores(ret_emb, logit_scale)[0]
         top = torch.topk(scores, min(k, scores.shape[0]))
-        return [(self.paths[i], float(s)) for s, i in zip(top.values.tolist(), top.indices.tolist())]
+        return [(self.paths[i], float(s)) for s, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)]
 
     def save(self, path: str) -> None:
         from safetensors.torch import save_file
@@ -134,7 +134,7 @@ class RetrievalIndex:
         atomic_write_with(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))  # temp, then rename
 
     @classmethod
-    def load(cls, path: str) -> "RetrievalIndex":
+    def load(cls, path: str) -> RetrievalIndex:
         from safetensors import safe_open
 
         path = regular_file(path, "retrieval index", CheckpointError)
@@ -148,7 +148,7 @@ class RetrievalIndex:
         return cls._named(path, embeddings, paths)
 
     @classmethod
-    def import_official(cls, path: str) -> "RetrievalIndex":
+    def import_official(cls, path: str) -> RetrievalIndex:
         """``{'paths': [...], 'embeddings': [...]}`` pickles such as ``cc3m_embeddings_urls.npy``."""
         path = regular_file(path, "embeddings file", CheckpointError)  # a FIFO would block the open forever
         try:
@@ -159,7 +159,8 @@ class RetrievalIndex:
         except Exception as exc:
             raise CheckpointError(damaged_file_message(path, exc)) from None
         if not isinstance(data, dict) or "paths" not in data or "embeddings" not in data:
-            raise CheckpointError(f"{path} is not GILL's embeddings file (expected a dict with 'paths' and 'embeddings').")
+            raise CheckpointError(f"{path} is not GILL's embeddings file "
+                                  "(expected a dict with 'paths' and 'embeddings').")
         paths, rows = data["paths"], data["embeddings"]
         if not isinstance(paths, (list, tuple)) or not isinstance(rows, (list, tuple, np.ndarray)):
             raise CheckpointError(f"{path}: 'paths' and 'embeddings' must be lists; it is not GILL's embeddings file.")
@@ -176,7 +177,7 @@ class RetrievalIndex:
         return cls._named(path, embeddings, [str(p) for p in paths])
 
     @classmethod
-    def _named(cls, path: str, embeddings: torch.Tensor, paths: list[str]) -> "RetrievalIndex":
+    def _named(cls, path: str, embeddings: torch.Tensor, paths: list[str]) -> RetrievalIndex:
         try:
             return cls(embeddings, paths)
         except CheckpointError as exc:

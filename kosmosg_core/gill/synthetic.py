@@ -102,7 +102,8 @@ def write_release(folder: str, config: GILLHeadsConfig, seed: int = 0, decision_
     args = {"opt_version": "facebook/opt-6.7b", "freeze_lm": True, "visual_encoder": "openai/clip-vit-large-patch14",
             "freeze_vm": True, "n_visual_tokens": config.n_visual_tokens, "ret_emb_dim": config.ret_emb_dim,
             "gen_emb_dim": config.gen_emb_dim, "text_emb_layers": [-1], "text_fc_mode": "gill_mapper",
-            "ret_text_fc_mode": "linear", "num_tokens": config.num_img_tokens, "num_clip_tokens": config.num_clip_tokens}
+            "ret_text_fc_mode": "linear", "num_tokens": config.num_img_tokens,
+            "num_clip_tokens": config.num_clip_tokens}
     with open(os.path.join(folder, ARGS_FILE), "w") as handle:
         json.dump(args, handle, indent=4)
     generator = torch.Generator().manual_seed(seed + 1)

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .config import ALIGNER, CONNECTOR, TEXT, VISION
 from ..errors import CheckpointError, TokenizerError
-from ..weights.keys import wrong_family
-from ..weights.safetensors_io import SAFETENSORS_DTYPES
-from ..weights.host_memory import PAGE, cast_into, inner_pages
 from ..safe_files import regular_file
+from ..weights.host_memory import PAGE, cast_into, inner_pages
+from ..weights.keys import wrong_family
 from ..weights.safe_pickle import damaged_file_message, restricted_torch_load
+from ..weights.safetensors_io import SAFETENSORS_DTYPES
+from .config import ALIGNER, CONNECTOR, TEXT, VISION
 
 CONVERTED_FORMAT = "kosmosg-core/1"
 TOKENIZER_PREFIX = "tokenizer."  # converted files may embed the tokenizer as uint8 tensors
@@ -316,7 +316,8 @@ def _safetensors_offsets(path: str):
     if not isinstance(header, dict):
         raise bad("its header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+    if not isinstance(metadata, dict) \
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
         raise bad("its __metadata__ is not a map of strings")
     start, data_size = 8 + header_len, size - 8 - header_len
     shapes, dtypes, offsets, ranges = {}, {}, {}, []

@@ -25,7 +25,8 @@ from .tokenizer import DICT_FILENAME, SPM_FILENAME, KosmosGTokenizer, resolve_to
 def convert(src: str, dst: str, tokenizer: str | None = None, embed_tokenizer: bool = True) -> dict:
     """Convert an official Kosmos-G checkpoint; returns a summary for the CLI to print."""
     src = regular_file(src, "checkpoint file", CheckpointError)
-    inputs = [src] + [os.path.join(folder, name) for folder in tokenizer_search_dirs(src, [tokenizer] if tokenizer else [])
+    inputs = [src] + [os.path.join(folder, name)
+                      for folder in tokenizer_search_dirs(src, [tokenizer] if tokenizer else [])
                       for name in (SPM_FILENAME, DICT_FILENAME) if os.path.isfile(os.path.join(folder, name))]
     if same_file(src, dst):
         raise CheckpointError(f"convert: source and destination are the same file ({dst}): writing it would destroy "

@@ -5,7 +5,8 @@ Unpickling the fairseq file is the slow part of a first start. The converted saf
 every start), in the dtype being loaded (so later starts map it without a cast), named after the
 source's identity (a MAC with a per-user secret key, see :func:`cache_name`) and that dtype; a replaced
 file or another dtype is converted again and the old copy removed. A file planted in the cache folder
-is never used, and a cached copy still passes every check a safetensors file gets. Its extension is not one the loader dropdown lists. When that folder is not writable the
+is never used, and a cached copy still passes every check a safetensors file gets. Its extension is
+not one the loader dropdown lists. When that folder is not writable the
 user cache (``~/.cache/kosmosg``) is used; when neither has room, the ``.pt`` is loaded directly.
 """
 
@@ -22,8 +23,8 @@ import stat
 
 import torch
 
-from .checkpoint import KIND_FINAL, Checkpoint, open_checkpoint
 from ..errors import CheckpointError
+from .checkpoint import KIND_FINAL, Checkpoint, open_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,8 @@ def _secret_key(create: bool) -> bytes | None:
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(handle.fileno())
         key = handle.read(64)
-    if not stat.S_ISREG(info.st_mode) or info.st_mode & 0o077 or (hasattr(os, "getuid") and info.st_uid != os.getuid()) \
+    if not stat.S_ISREG(info.st_mode) or info.st_mode & 0o077 \
+            or (hasattr(os, "getuid") and info.st_uid != os.getuid()) \
             or len(key) != 32:
         logger.warning("ignoring the converted-cache key %s: not a private 32-byte file of this user", path)
         return None
@@ -124,7 +126,8 @@ def convert_to_cache(checkpoint: Checkpoint, dtype: torch.dtype) -> str | None:
     for folder in cache_folders(checkpoint.path):
         try:
             os.makedirs(folder, exist_ok=True)
-            for stale in glob.glob(os.path.join(glob.escape(folder), glob.escape(os.path.basename(checkpoint.path)) + ".*" + CACHE_SUFFIX)):
+            prefix = glob.escape(os.path.basename(checkpoint.path))
+            for stale in glob.glob(os.path.join(glob.escape(folder), prefix + ".*" + CACHE_SUFFIX)):
                 if _ours(stale):
                     os.remove(stale)
             path = os.path.join(folder, name)

@@ -16,10 +16,9 @@ import torch
 from ..errors import PromptError
 from ..hooks import LayerCallback, per_layer
 from ..image_processing import as_pil_images, preprocess_images
-from .modeling import KosmosGModel
 from .layout import PromptLayout, build_layout, build_negative_tokens
+from .modeling import KosmosGModel
 from .tokenizer import KosmosGTokenizer
-
 
 
 @dataclass
@@ -88,11 +87,11 @@ class KosmosGEncoder:
     def dtype(self) -> torch.dtype:
         return self.model.text_model.model.embed_tokens.weight.dtype
 
-    def to(self, device: str | torch.device) -> "KosmosGEncoder":
+    def to(self, device: str | torch.device) -> KosmosGEncoder:
         self.model.to(device)
         return self
 
-    def compile(self) -> "KosmosGEncoder":
+    def compile(self) -> KosmosGEncoder:
         """``torch.compile`` the MLLM and the vision tower, with dynamic shapes (prompt lengths and
         image counts vary). The first encodes pay the compilation; the bench says when it pays off."""
         for module in (self.model.text_model, self.model.vision_model):
@@ -167,8 +166,8 @@ class KosmosGEncoder:
                 "pass one of each per prompt."
             )
         pil_lists = [as_pil_images(item) for item in images]
-        layouts = [self.layout(p, len(pils)) for p, pils in zip(prompts, pil_lists)]
-        ordered = [pils[i] for layout, pils in zip(layouts, pil_lists) for i in layout.image_order]
+        layouts = [self.layout(p, len(pils)) for p, pils in zip(prompts, pil_lists, strict=True)]
+        ordered = [pils[i] for layout, pils in zip(layouts, pil_lists, strict=True) for i in layout.image_order]
         pixels = preprocess_images(ordered, self.config.image_size) if ordered else None
 
         neg_tokens = [self.negative_tokens(n) for n in negatives]

@@ -17,6 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from ..dtypes import parse_dtype
+from ..errors import CheckpointError, TokenizerError
+from ..weights.host_memory import empty_weight, return_freed_memory
+from ..weights.quantization import quantize_linear, quantized_weight_names
 from .checkpoint import (
     KIND_STAGE1,
     KIND_STAGE2,
@@ -26,11 +30,7 @@ from .checkpoint import (
 )
 from .config import KosmosGConfig
 from .encoder import KosmosGEncoder
-from ..dtypes import parse_dtype
-from ..errors import CheckpointError, TokenizerError
-from ..weights.host_memory import empty_weight, return_freed_memory
 from .modeling import KosmosGModel
-from ..weights.quantization import quantize_linear, quantized_weight_names
 from .tokenizer import KosmosGTokenizer, resolve_tokenizer
 
 logger = logging.getLogger(__name__)

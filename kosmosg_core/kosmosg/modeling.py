@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import KosmosGConfig
 from .aligner import AlignerNet
+from .config import KosmosGConfig
 
 
 class KosmosGModel(nn.Module):

@@ -13,9 +13,9 @@ import os
 
 import torch
 
+from .aligner import AlignerConfig
 from .checkpoint import official_key
 from .config import KosmosGConfig
-from .aligner import AlignerConfig
 from .tokenizer import DICT_FILENAME, SPM_FILENAME
 
 _CORPUS = (

@@ -153,7 +153,7 @@ def tokenizer_search_dirs(checkpoint_path: str, extra_dirs: list[str] = ()) -> l
 
 
 def resolve_tokenizer(
-    checkpoint: "Checkpoint", tokenizer: str | KosmosGTokenizer | None, extra_dirs: list[str] = ()
+    checkpoint: Checkpoint, tokenizer: str | KosmosGTokenizer | None, extra_dirs: list[str] = ()
 ) -> KosmosGTokenizer:
     """Explicit tokenizer, else the one embedded in a converted file, else files beside the checkpoint."""
     if isinstance(tokenizer, KosmosGTokenizer):
@@ -167,7 +167,8 @@ def resolve_tokenizer(
     found = find_tokenizer_dir(searched)
     if found is None:
         raise TokenizerError(
-            f"no Kosmos-G tokenizer found for {checkpoint.source_path or checkpoint.path}. Looked for {SPM_FILENAME} and "
+            f"no Kosmos-G tokenizer found for {checkpoint.source_path or checkpoint.path}. "
+            f"Looked for {SPM_FILENAME} and "
             f"{DICT_FILENAME} in: {'; '.join(searched)}; and inside the checkpoint (only converted "
             "files carry one). Put the two files from the Kosmos-G release (data/) beside the "
             "checkpoint, or pass the folder holding them (--tokenizer DIR)."

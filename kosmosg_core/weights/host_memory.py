@@ -32,7 +32,8 @@ def _libc(name: str, argtypes: list):
     return function
 
 
-_MADVISE = _libc("madvise", [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]) if hasattr(mmap, "MADV_HUGEPAGE") else None
+_MADVISE = (_libc("madvise", [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int])
+            if hasattr(mmap, "MADV_HUGEPAGE") else None)
 _MALLOC_TRIM = _libc("malloc_trim", [ctypes.c_size_t])
 _local = threading.local()
 

@@ -264,7 +264,8 @@ class RestrictedUnpickler(pickle._Unpickler):
             type(obj) in exact or (inert and isinstance(obj, InertObject))
             or (numpy and isinstance(obj, _numpy_types())))
         if not created:
-            what = self._name(obj) if id(obj) in self._global_ids or isinstance(obj, type) else "a " + type(obj).__name__
+            what = (self._name(obj) if id(obj) in self._global_ids or isinstance(obj, type)
+                    else "a " + type(obj).__name__)
             raise RefusedPickleError(
                 f"refused to {action} {what} while unpickling the checkpoint: a checkpoint may only fill in "
                 f"objects it created itself (containers, inert stand-ins), never a class, function or module "
@@ -290,7 +291,9 @@ class RestrictedUnpickler(pickle._Unpickler):
     def _load_setitem(self):
         value = self.stack.pop()
         key = self.stack.pop()
-        self._target(self.stack[-1], (dict, collections.OrderedDict, collections.Counter), "set an item of")[key] = value
+        target = self._target(self.stack[-1], (dict, collections.OrderedDict, collections.Counter),
+                              "set an item of")
+        target[key] = value
 
     def _load_setitems(self):
         items = self.pop_mark()
@@ -345,7 +348,7 @@ class RestrictedUnpickler(pickle._Unpickler):
             raise _Malformed(f"a {dtype} tensor views a storage of {storage.nbytes} bytes")
         elements = storage.nbytes // itemsize
         numel = math.prod(sizes)
-        extent = offset + sum((n - 1) * s for n, s in zip(sizes, strides)) + 1 if numel else offset
+        extent = offset + sum((n - 1) * s for n, s in zip(sizes, strides, strict=True)) + 1 if numel else offset
         if extent > elements or numel > elements:
             raise CheckpointError(
                 f"a tensor of shape {sizes} (stride {strides}, offset {offset}) needs "
@@ -617,9 +620,11 @@ def _zip_records(path: str, size: int) -> tuple[str, dict[str, tuple[int, int]]]
             local = handle.read(30)
             if len(local) != 30 or local[:4] != b"PK\x03\x04":
                 raise _Malformed(f"record {info.filename[:80]!r} has no local header")
-            start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
+            start = (info.header_offset + 30 + int.from_bytes(local[26:28], "little")
+                     + int.from_bytes(local[28:30], "little"))
             if start + info.file_size > size:
-                raise _Malformed(f"record {info.filename[:80]!r} claims {info.file_size:,} bytes past the end of the file")
+                raise _Malformed(f"record {info.filename[:80]!r} claims {info.file_size:,} bytes "
+                                 "past the end of the file")
             records[info.filename] = (start, info.file_size)
     pickles = [name for name in records if name.endswith("/data.pkl") and name.count("/") == 1]
     if len(pickles) != 1:

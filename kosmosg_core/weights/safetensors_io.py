@@ -41,7 +41,8 @@ def write_safetensors(path: str, shapes: dict, dtypes: dict, read, metadata: dic
     offset = 0
     for name, shape in shapes.items():
         size = torch.Size(shape).numel() * torch.empty((), dtype=dtypes[name]).element_size()
-        header[name] = {"dtype": TORCH_TO_SAFETENSORS[dtypes[name]], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        header[name] = {"dtype": TORCH_TO_SAFETENSORS[dtypes[name]], "shape": list(shape),
+                        "data_offsets": [offset, offset + size]}
         offset += size
     encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
     encoded += b" " * (-len(encoded) % 8)
