@@ -117,6 +117,11 @@ comfy033_tier() {
 
 if [ "${1:-}" = "test" ]; then
     shift
+    # lint first (well under a second): the rules are pyproject.toml's [tool.ruff]
+    if ! "$VENV/bin/python" -m ruff check --quiet .; then
+        echo "lint failed: fix the ruff findings above (\`$VENV/bin/python -m ruff check .\`; --fix does the safe ones)" >&2
+        exit 1
+    fi
     lowest_tier
     comfy033_tier
     exec "$VENV/bin/python" -m pytest tests "$@"

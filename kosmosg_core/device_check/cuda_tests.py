@@ -1,7 +1,8 @@
 """Section ``cuda_tests``: the test suite's CUDA branches (``pytest -m cuda``, tests/test_cuda.py).
 
 Without a GPU every one of them must skip (none may pass without running); the counts say which.
-The fixtures come from ``KOSMOSG_SHARED`` (scripts/device_check.sh points it at the carried copy).
+The fixtures are the committed ones in tests/data/fixtures (they travel with the working tree);
+``$KOSMOSG_SHARED/fixtures`` (default ../shared/fixtures) adds other sizes where it is present.
 """
 
 from __future__ import annotations
