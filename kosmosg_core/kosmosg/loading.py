@@ -41,7 +41,13 @@ LOAD_THREADS = min(4, os.cpu_count() or 1)
 @contextlib.contextmanager
 def _without_random_init():
     """Modules still run their random init on ``meta`` (a tenth of a second at the real size, for
-    values nobody reads: every weight comes from the file). ``torch.nn.init`` is stubbed meanwhile."""
+    values nobody reads: every weight comes from the file). ``torch.nn.init`` is stubbed meanwhile.
+
+    transformers records ``torch.nn.init``'s functions when it is first imported (``transformers.initialization``)
+    and puts them back after every ``from_pretrained``: imported inside this window, it would record the stubs
+    and leave every later model of the process uninitialised. So what the model imports is imported first."""
+    import transformers.models.kosmos2.modeling_kosmos2  # noqa: F401  (see above)
+
     saved = {name: getattr(torch.nn.init, name) for name in _INIT_FUNCTIONS}
     for name in _INIT_FUNCTIONS:
         setattr(torch.nn.init, name, _keep)
