@@ -174,9 +174,16 @@ def test_gill_training_learns_and_its_release_loads(assets, tiny_gill_dirs, tmp_
           "--lr", "1e-3", "--betas", "0.9", "0.95", "--warmup-steps", "0", "--log-every", "1", "--output-dir",
           str(out)])
     log = [json.loads(line) for line in open(out / "train_log.jsonl")]
-    assert log[-1]["loss"] < 0.8 * log[0]["loss"], [r["loss"] for r in log]
+    first, last = log[0], log[-1]
+    # a random tiny OPT starts near ln(vocab) ~ 6; far above means its weights were never initialised
+    # (once: a torch.nn.init stub left behind by a checkpoint load earlier in the process)
+    assert first["caption"] < 10 and first["img"] < 10, first
     # the [IMG]-prediction CE is mostly frozen-OPT caption tokens; the trainable terms must fall
-    assert all(log[-1][k] < log[0][k] for k in ("caption", "retrieval", "generation"))
+    # (seeded: alone or after any other test, generation 40.5 -> 28.4, retrieval 1.48 -> 1.21, total 54.0 -> 41.5)
+    assert last["generation"] < 0.8 * first["generation"], (first, last)
+    assert last["retrieval"] < 0.95 * first["retrieval"], (first, last)
+    assert last["caption"] < first["caption"], (first, last)
+    assert last["loss"] < 0.85 * first["loss"], [r["loss"] for r in log]
     trained = load_gill(str(out / "gill_release"), tiny_gill_dirs["llm"], tiny_gill_dirs["vision"])
     original = load_gill(tiny_gill_dirs["checkpoint"], tiny_gill_dirs["llm"], tiny_gill_dirs["vision"])
     a, _ = trained.encode("a dog")
