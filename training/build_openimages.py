@@ -68,7 +68,8 @@ def compose_sample(image: Image.Image, captioner, extractor, segmenter, size: in
         entities.append({"name": name})
     if not entities:
         return None
-    return {"kind": "composition", "caption": caption, "entities": entities}, {"target": image.resize((size, size), Image.BICUBIC), **crops}
+    meta = {"kind": "composition", "caption": caption, "entities": entities}
+    return meta, {"target": image.resize((size, size), Image.BICUBIC), **crops}
 
 
 def load_callable(spec: str) -> Callable:
@@ -129,7 +130,8 @@ def run(argv) -> int:
     try:
         names = sorted(os.listdir(args.images))
     except OSError as exc:
-        raise InputFileError(f"cannot read --images {args.images}: {exc.strerror or exc}; give a folder of images.") from None
+        raise InputFileError(f"cannot read --images {args.images}: {exc.strerror or exc}; "
+                             "give a folder of images.") from None
     extractor = load_callable(args.extractor)
     captioner = load_callable(args.captioner) if args.captioner else blip2_captioner()
     segmenter = load_callable(args.segmenter) if args.segmenter else clipseg_segmenter()

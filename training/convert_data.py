@@ -5,7 +5,8 @@
 
 JSONL lines hold the sample's JSON fields plus ``"images": {"target": "a.png", "source": ...}`` with
 paths relative to the JSONL file, e.g.
-``{"kind": "edit", "input_caption": "a house", "instruction": "add snow", "images": {"source": "h.png", "target": "h2.png"}}``.
+``{"kind": "edit", "input_caption": "a house", "instruction": "add snow",
+"images": {"source": "h.png", "target": "h2.png"}}`` (on one line).
 
 Shards already in ``--out`` are kept unless ``--overwrite`` is given; the new shards appear only
 when the whole conversion has succeeded. A bad input (unreadable image, a line that is not JSON or
@@ -79,7 +80,8 @@ def _record(path: str, line_no: int, raw: bytes) -> dict:
         raise InputFileError(f"{where}: \"images\" must map image names to file paths.")
     problem = layout_problem(record, set(images))
     if problem:
-        raise InputFileError(f"{where}: not a valid {record['kind']} sample ({problem}); see training/data.py for the layout.")
+        raise InputFileError(f"{where}: not a valid {record['kind']} sample ({problem}); "
+                             "see training/data.py for the layout.")
     record["images"] = images
     return record
 

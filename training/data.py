@@ -134,7 +134,8 @@ class ShardWriter:
         if os.path.lexists(directory) and not os.path.isdir(directory):
             raise OutputPathError(f"output {directory} exists and is not a folder: give a folder for the shards.")
         if not overwrite and existing_shards(directory, prefix):
-            raise OutputPathError(f"output folder {directory} already holds shards ({os.path.basename(existing_shards(directory, prefix)[0])}, "
+            first = os.path.basename(existing_shards(directory, prefix)[0])
+            raise OutputPathError(f"output folder {directory} already holds shards ({first}, "
                                   "...) and they are not overwritten: choose another --out, or pass --overwrite.")
         os.makedirs(directory, exist_ok=True)
         # ``inputs`` is kept by reference: the caller adds each input file as it reads it
@@ -159,7 +160,8 @@ class ShardWriter:
         if self.count % self.per_shard == 0:
             self._finish_tar()
             path = os.path.join(self.directory, f"{self.prefix}-{self.count // self.per_shard:05d}.tar")
-            fd, temp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".partial", dir=self.directory)
+            fd, temp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".partial",
+                                        dir=self.directory)
             self._temps.append(temp)
             self.paths.append(path)
             self.tar = tarfile.open(fileobj=os.fdopen(fd, "wb"), mode="w")
@@ -199,7 +201,7 @@ class ShardWriter:
         stale = [p for p in existing_shards(self.directory, self.prefix) if p not in self.paths]
         umask = os.umask(0)
         os.umask(umask)
-        for temp, path in zip(self._temps, self.paths):
+        for temp, path in zip(self._temps, self.paths, strict=True):
             os.chmod(temp, 0o644 & ~umask)
             os.replace(temp, path)
         self._temps = []
@@ -329,7 +331,8 @@ class ShardDataset:
             total_skipped += samples_skipped
         if not self.entries:
             extra = f" ({_summary(total_skipped)})" if total_skipped else ""
-            raise InputFileError(f"no usable samples in {', '.join(self.paths[:3])}{' ...' if len(self.paths) > 3 else ''}"
+            more = " ..." if len(self.paths) > 3 else ""
+            raise InputFileError(f"no usable samples in {', '.join(self.paths[:3])}{more}"
                                  f"{extra}: expected {'/'.join(kinds)} samples in the layout of training/data.py.")
 
     def _check_sample(self, tar: tarfile.TarFile, files: dict, kinds, need_target) -> tuple[dict | None, str | None]:
@@ -415,6 +418,7 @@ class ShardDataset:
 def decode_image(data: bytes, where: str) -> Image.Image:
     """Encoded image bytes from a shard -> RGB by the library's image rules (pixel limit from the
     header, bombs, EXIF applied, ``to_rgb``), errors naming the shard member."""
-    from kosmosg_core.image_processing import decode_image as decode, to_rgb
+    from kosmosg_core.image_processing import decode_image as decode
+    from kosmosg_core.image_processing import to_rgb
 
     return to_rgb(decode(io.BytesIO(data), where))

@@ -56,7 +56,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group = parser.add_argument_group("training")
     group.add_argument("--output-dir", required=True)
     group.add_argument("--overwrite", action="store_true",
-                       help="replace a finished run in --output-dir (its final output, and with --no-resume its checkpoints)")
+                       help="replace a finished run in --output-dir (its final output, and with --no-resume its "
+                            "checkpoints)")
     group.add_argument("--max-steps", type=int, default=1000, help="optimizer steps")
     group.add_argument("--batch-size", type=int, default=8, help="samples per process per micro-step")
     group.add_argument("--grad-accum", type=int, default=1, help="micro-steps per optimizer step")
@@ -95,7 +96,8 @@ def check_common_args(args) -> None:
          f"--weight-decay must be 0 or more, got {args.weight_decay}.")
     need(math.isfinite(args.max_grad_norm) and args.max_grad_norm >= 0,
          f"--max-grad-norm must be 0 (off) or more, got {args.max_grad_norm}.")
-    need(all(math.isfinite(b) and 0 <= b < 1 for b in args.betas), f"--betas must be two numbers in [0, 1), got {args.betas}.")
+    need(all(math.isfinite(b) and 0 <= b < 1 for b in args.betas),
+         f"--betas must be two numbers in [0, 1), got {args.betas}.")
     if args.crash_at_step is not None:
         need(args.crash_at_step >= 1, "--crash-at-step must be positive.")
 
@@ -132,7 +134,8 @@ def prepare_output(args, finals: list[str], inputs: list[str | None]) -> None:
                               "overwritten: choose another --output-dir, or pass --overwrite to replace it.")
     old = _checkpoint_dirs(out)
     if args.no_resume and old and not args.overwrite:
-        raise OutputPathError(f"--no-resume: --output-dir {out} already holds checkpoints ({os.path.basename(sorted(old)[0])}, "
+        first = os.path.basename(sorted(old)[0])
+        raise OutputPathError(f"--no-resume: --output-dir {out} already holds checkpoints ({first}, "
                               "...) of an earlier run; they are not overwritten: choose another --output-dir, pass "
                               "--overwrite to remove them and start over, or drop --no-resume to resume.")
     log = os.path.join(out, "train_log.jsonl")
@@ -284,7 +287,8 @@ class Trainer:
                 totals: dict[str, float] = {}
                 for micro in range(args.grad_accum):
                     epoch, indices = batch_for(len(self.dataset), self.step, micro, self.global_batch,
-                                               args.batch_size * self.world, acc.process_index, args.batch_size, args.seed)
+                                               args.batch_size * self.world, acc.process_index, args.batch_size,
+                                               args.seed)
                     batch = Batch(indices, 0 if args.fixed_randomness else epoch, [self.dataset[i] for i in indices])
                     syncing = micro == args.grad_accum - 1  # all-reduce only on the last micro-step
                     with (contextlib.nullcontext() if syncing else acc.no_sync(self.model)), acc.autocast():

@@ -31,11 +31,11 @@ import os
 import torch
 import torch.nn.functional as F
 
+from kosmosg_core.errors import CheckpointError
 from kosmosg_core.gill import load_gill
 from kosmosg_core.gill.checkpoint import ARGS_FILE, CHECKPOINT_FILE, DECISION_FILE
-from training.data import ShardDataset
-from kosmosg_core.errors import CheckpointError
 from kosmosg_core.safe_files import atomic_open, atomic_write_with, read_text, regular_file
+from training.data import ShardDataset
 from training.engine import Trainer, add_common_args, new_parser, prepare_output, run_main
 
 
@@ -84,8 +84,10 @@ class GILLTraining(torch.nn.Module):
         caption_ids = torch.where(torch.isin(ids, self.img_ids.to(device)), gill.tokenizer.pad_token_id, ids)
         caption_in = torch.cat([prefix, self.embed(caption_ids)], dim=1)
         hidden = gill.lm.model.decoder(inputs_embeds=caption_in, attention_mask=torch.cat(
-            [torch.ones(prefix.shape[:2], dtype=torch.long, device=device), caption_ids.ne(1).long()], 1)).last_hidden_state
-        labels = torch.cat([torch.full(prefix.shape[:2], -100, device=device), caption_ids.masked_fill(caption_ids.eq(1), -100)], 1)
+            [torch.ones(prefix.shape[:2], dtype=torch.long, device=device), caption_ids.ne(1).long()], 1)
+        ).last_hidden_state
+        labels = torch.cat([torch.full(prefix.shape[:2], -100, device=device),
+                            caption_ids.masked_fill(caption_ids.eq(1), -100)], 1)
         caption_loss = F.cross_entropy(self.logits(hidden[:, :-1]).flatten(0, 1), labels[:, 1:].flatten())
 
         # [IMG] prediction, retrieval and generation share one text-only pass over <s> caption [IMG0..7]
@@ -137,7 +139,8 @@ class GILLTraining(torch.nn.Module):
 def export_release(state: dict, source: str, output: str) -> str:
     """A GILL release folder: pretrained_ckpt.pth.tar (bf16, official key names), model_args.json."""
     os.makedirs(output, exist_ok=True)
-    heads = {f"model.{k[len('heads.'):]}": v.detach().to(torch.bfloat16).cpu() for k, v in state.items() if k.startswith("heads.")}
+    heads = {f"model.{k[len('heads.'):]}": v.detach().to(torch.bfloat16).cpu()
+             for k, v in state.items() if k.startswith("heads.")}
     heads["model.input_embeddings.weight"] = state["img_rows"].detach().to(torch.bfloat16).cpu()
     atomic_write_with(os.path.join(output, CHECKPOINT_FILE),
                       lambda tmp: torch.save({"state_dict": dict(sorted(heads.items()))}, tmp))
@@ -188,7 +191,8 @@ def run(argv) -> int:
         try:  # copied from the source: sizes are read from the weights anyway
             json.loads(read_text(os.path.join(out, ARGS_FILE), "release file"))
         except ValueError:
-            raise CheckpointError(f"{os.path.join(args.release, ARGS_FILE)} is not JSON: the release is damaged.") from None
+            raise CheckpointError(f"{os.path.join(args.release, ARGS_FILE)} is not JSON: "
+                                  "the release is damaged.") from None
         print("saved", out)
     return 0
 

@@ -9,7 +9,12 @@ from safetensors.torch import save_file
 
 from kosmosg_core.image_processing import preprocess_images
 from kosmosg_core.kosmosg.checkpoint import (
-    CONVERTED_FORMAT, DICT_TENSOR, SPM_TENSOR, official_key, open_checkpoint, tokenizer_tensors,
+    CONVERTED_FORMAT,
+    DICT_TENSOR,
+    SPM_TENSOR,
+    official_key,
+    open_checkpoint,
+    tokenizer_tensors,
 )
 from kosmosg_core.kosmosg.encoder import mllm_forward
 from kosmosg_core.kosmosg.layout import build_layout
@@ -49,11 +54,12 @@ def encode_prompts(model, tokenizer, prompts: list[str], images: list[list], dev
     """Differentiable MLLM pass: (final-LN hidden states (B, T, D), token ids (B, T)); the same
     padded forward as inference (kosmosg_core's ``mllm_forward``), padded with the tokenizer's id."""
     config = model.config
-    layouts = [build_layout(tokenizer, p, len(imgs), config.latent_queries) for p, imgs in zip(prompts, images)]
-    ordered = [imgs[i] for layout, imgs in zip(layouts, images) for i in layout.image_order]
+    layouts = [build_layout(tokenizer, p, len(imgs), config.latent_queries)
+               for p, imgs in zip(prompts, images, strict=True)]
+    ordered = [imgs[i] for layout, imgs in zip(layouts, images, strict=True) for i in layout.image_order]
     pixels = preprocess_images(ordered, config.image_size) if ordered else None
-    tokens, _, _, hidden = mllm_forward(model, [l.tokens for l in layouts], [l.image_mask for l in layouts], pixels,
-                                        tokenizer.pad_id, device, torch.float32, pad_to)
+    tokens, _, _, hidden = mllm_forward(model, [lay.tokens for lay in layouts], [lay.image_mask for lay in layouts],
+                                        pixels, tokenizer.pad_id, device, torch.float32, pad_to)
     return hidden, tokens
 
 

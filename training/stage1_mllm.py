@@ -44,7 +44,7 @@ class LanguageModel(torch.nn.Module):
 
     def forward(self, batch):
         device = self.kosmos.text_model.model.embed_tokens.weight.device
-        texts, images = zip(*(document(s) for s in batch.samples))
+        texts, images = zip(*(document(s) for s in batch.samples), strict=True)
         hidden, tokens = encode_prompts(self.kosmos, self.tokenizer, list(texts), list(images), device)
         logits = hidden[:, :-1] @ self.kosmos.text_model.model.embed_tokens.weight.T  # tied output projection
         targets = tokens[:, 1:].clone()
@@ -80,7 +80,8 @@ def run(argv) -> int:
     state = trainer.full_state_dict()
     if trainer.accelerator.is_main_process:
         kind = "stage1" if kosmos.aligner is None else "final"
-        print("saved", export_kosmosg(state, tokenizer, os.path.join(args.output_dir, f"kosmosg_{kind}.safetensors"), kind))
+        path = os.path.join(args.output_dir, f"kosmosg_{kind}.safetensors")
+        print("saved", export_kosmosg(state, tokenizer, path, kind))
     return 0
 
 

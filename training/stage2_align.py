@@ -101,7 +101,8 @@ def run(argv) -> int:
     if not 1 <= args.aligner_layers <= 256:
         raise UsageError(f"--aligner-layers must be between 1 and 256, got {args.aligner_layers}.")
     if not args.caption_tokens + 1 <= args.aligner_positions <= 1 << 20:
-        raise UsageError(f"--aligner-positions must be between --caption-tokens + 1 and {1 << 20}, got {args.aligner_positions}.")
+        raise UsageError(f"--aligner-positions must be between --caption-tokens + 1 and {1 << 20}, "
+                         f"got {args.aligner_positions}.")
     prepare_output(args, FINALS, [args.init, args.tokenizer, args.teacher, args.teacher_tokenizer, args.data])
 
     torch.manual_seed(args.seed)

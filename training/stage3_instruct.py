@@ -27,8 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from training.data import ShardDataset
 from kosmosg_core.errors import CheckpointError, LimitError
+from training.data import ShardDataset
 from training.engine import Trainer, UsageError, add_common_args, new_parser, prepare_output, run_main, sample_generator
 from training.kosmosg_common import encode_prompts, export_kosmosg, load_kosmosg_for_training, set_trainable
 
@@ -46,10 +46,12 @@ def build_prompt(sample, generator: torch.Generator) -> tuple[str, list]:
         return meta["caption"], []
     if sample.kind == "edit":
         keep = not _coin(generator)
-        return (f"{meta['input_caption']} <i> {meta['instruction']}" if keep else f"<i> {meta['instruction']}"), [images["source"]]
+        prompt = f"{meta['input_caption']} <i> {meta['instruction']}" if keep else f"<i> {meta['instruction']}"
+        return prompt, [images["source"]]
     if sample.kind == "composition":
         caption, drop_words = meta["caption"], _coin(generator)
-        found = sorted((caption.find(e["name"]), i, e["name"]) for i, e in enumerate(meta["entities"]) if e["name"] in caption)
+        found = sorted((caption.find(e["name"]), i, e["name"]) for i, e in enumerate(meta["entities"])
+                       if e["name"] in caption)
         pieces, crops, cursor = [], [], 0
         for start, index, name in found:
             if start < cursor:
@@ -86,7 +88,8 @@ class InstructModel(torch.nn.Module):
     def forward(self, batch):
         device = self.kosmos.aligner.encoder_query.device
         generators = [sample_generator(self.seed, batch.epoch, i) for i in batch.indices]
-        prompts, images = zip(*(build_prompt(s, g) for s, g in zip(batch.samples, generators)))
+        pairs = (build_prompt(s, g) for s, g in zip(batch.samples, generators, strict=True))
+        prompts, images = zip(*pairs, strict=True)
         hidden, tokens = encode_prompts(self.kosmos, self.tokenizer, list(prompts), list(images), device)
         padding = tokens.eq(self.tokenizer.pad_id)
         cond = self.kosmos.align(hidden, padding if padding.any() else None)
@@ -104,7 +107,8 @@ class InstructModel(torch.nn.Module):
         steps = self.scheduler.config.num_train_timesteps
         timesteps = torch.stack([torch.randint(0, steps, (), generator=g) for g in generators]).to(device)
         noisy = self.scheduler.add_noise(latents, noise, timesteps)
-        prediction = self.unet(noisy.to(self.unet.dtype), timesteps, encoder_hidden_states=cond.to(self.unet.dtype)).sample
+        prediction = self.unet(noisy.to(self.unet.dtype), timesteps,
+                               encoder_hidden_states=cond.to(self.unet.dtype)).sample
         loss = F.mse_loss(prediction.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3)).mean()
         return {"loss": loss, "null_fraction": use_null.float().mean()}
 
@@ -153,8 +157,9 @@ def parse_weights(text: str) -> dict[str, float]:
     except ValueError:
         values = []
     if len(values) != 3 or not all(math.isfinite(v) and v >= 0 for v in values) or not any(values):
-        raise UsageError(f"--data-weights must be three numbers >= 0 (caption,edit,composition), not all 0; got {text!r}.")
-    return dict(zip(("caption", "edit", "composition"), values))
+        raise UsageError("--data-weights must be three numbers >= 0 (caption,edit,composition), not all 0; "
+                         f"got {text!r}.")
+    return dict(zip(("caption", "edit", "composition"), values, strict=True))
 
 
 def main(argv=None) -> int:
@@ -179,11 +184,13 @@ def run(argv) -> int:
     data = ShardDataset(args.data, kinds=("caption", "edit", "composition"), need_target=True)
     kosmos, tokenizer = load_kosmosg_for_training(args.init, args.tokenizer)
     if kosmos.aligner is None:
-        raise CheckpointError(f"{args.init} has no AlignerNet: stage 3 starts from a checkpoint with one (the output of stage 2).")
+        raise CheckpointError(f"{args.init} has no AlignerNet: stage 3 starts from a checkpoint with one "
+                              "(the output of stage 2).")
     unet, vae, scheduler = load_sd(args.sd)
     if unet.config.cross_attention_dim != kosmos.aligner.config.hidden_size:
-        raise CheckpointError(f"the U-Net attends to {unet.config.cross_attention_dim}-wide context but this AlignerNet "
-                         f"writes {kosmos.aligner.config.hidden_size}-wide: align to that U-Net's text encoder first.")
+        raise CheckpointError(f"the U-Net attends to {unet.config.cross_attention_dim}-wide context but this "
+                              f"AlignerNet writes {kosmos.aligner.config.hidden_size}-wide: align to that U-Net's "
+                              "text encoder first.")
     set_trainable(kosmos, "instruct")
     if args.gradient_checkpointing:
         kosmos.text_model.gradient_checkpointing_enable()
@@ -193,7 +200,8 @@ def run(argv) -> int:
     state = trainer.full_state_dict()
     if trainer.accelerator.is_main_process:
         kept = {k: v for k, v in state.items() if not k.startswith("kosmos.aligner.decoder")}
-        print("saved", export_kosmosg(kept, tokenizer, os.path.join(args.output_dir, "kosmosg_final.safetensors"), "final"))
+        path = os.path.join(args.output_dir, "kosmosg_final.safetensors")
+        print("saved", export_kosmosg(kept, tokenizer, path, "final"))
     return 0
 
 

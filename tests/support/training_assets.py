@@ -20,7 +20,12 @@ def image(seed: int, size=(40, 48)) -> Image.Image:
 
 
 def write_kosmosg(folder: str, width: int = 64, with_reconstruction: bool = False) -> str:
-    from kosmosg_core.kosmosg.synthetic import dict_lines_for, tiny_size, write_official_checkpoint, write_tiny_tokenizer
+    from kosmosg_core.kosmosg.synthetic import (
+        dict_lines_for,
+        tiny_size,
+        write_official_checkpoint,
+        write_tiny_tokenizer,
+    )
 
     os.makedirs(folder, exist_ok=True)
     write_tiny_tokenizer(folder, dict_lines=dict_lines_for(400))
