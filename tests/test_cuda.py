@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from support import fixture_cases, gill_fixture_dirs
 from test_gill import CLOSE as GILL_CLOSE
 from test_gill import gill_args
-from test_parity import CLOSE, EXACT, TOLERANCE, encode_args
+from test_parity import assert_matches_official, encode_args, expected_outputs
 
 from kosmosg_core.cli import main
 
@@ -47,15 +47,7 @@ def test_fixtures_present_for_the_gpu_run(official_fixture, gill_fixture):
 def test_kosmosg_matches_official_on_cuda(fixture, case, tmp_path):
     out = tmp_path / "out.safetensors"
     assert main(encode_args(fixture, case, out) + ["--device", "cuda"]) == 0
-    got = load_file(out)
-    expected = {k.split(".", 1)[1]: v for k, v in load_file(fixture / "expected.safetensors").items()
-                if k.startswith(case["name"] + ".")}
-    for key in EXACT:
-        assert torch.equal(got[key], expected[key]), key
-    for key in CLOSE:
-        if key in expected:
-            diff = (got[key] - expected[key]).abs().max().item()
-            assert diff <= TOLERANCE, f"{key}: max abs diff {diff:.2e} on cuda"
+    assert_matches_official(load_file(out), expected_outputs(fixture, case), where="cuda")
 
 
 def test_half_precision_on_cuda_stays_near_fp32(official_fixture):
